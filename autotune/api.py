@@ -1,0 +1,213 @@
+"""Python entry points: validate(), submit(), resume(), status(). The CLI is a thin shell over these."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from autotune.config.loader import ResolvedJob, load_job
+from autotune.errors import AutotuneError, ConfigError, GateFailed
+from autotune.pipeline.state import JobState, StateStore, write_json_atomic
+from autotune.redact import redact
+
+
+def validate(job_path: str | Path) -> ResolvedJob:
+    """Check a job file without running anything (no torch/ray/mlflow import)."""
+    return load_job(job_path)
+
+
+def tracking_uri(job: ResolvedJob) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or job.config.tracking.uri or f"sqlite:///{job.output_dir / 'mlflow.db'}"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def submit(job_path: str | Path, address: str | None = None, force: bool = False, console=None) -> dict[str, Any]:
+    job = load_job(job_path)
+    store = StateStore(job.output_dir)
+    if store.job() is not None:
+        if not force:
+            raise ConfigError([
+                f"{job_path}: output_dir: {job.output_dir} already holds a job; continue it with "
+                f"`autotune resume {job.output_dir}`, start over with --force, or set another output_dir"
+            ])
+        for sub in ("state", "ray", "data", "artifact", "plots", "champion"):
+            shutil.rmtree(job.output_dir / sub, ignore_errors=True)
+        for f in ("optuna.db", "trials.csv", "predictions_test.json", "job.yaml"):
+            (job.output_dir / f).unlink(missing_ok=True)
+    job.output_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (job.output_dir / "job.yaml").write_text(
+        "# resolved by autotune submit: defaults filled in, search space inlined; `autotune resume` reads this\n"
+        + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
+    )
+    return _run(load_job(job.output_dir / "job.yaml"), store, address, resume=False, console=console)
+
+
+def resume(output_dir: str | Path, address: str | None = None, console=None) -> dict[str, Any]:
+    out = Path(output_dir).resolve()
+    store = StateStore(out)
+    if store.job() is None or not (out / "job.yaml").is_file():
+        raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json or job.yaml)"])
+    return _run(load_job(out / "job.yaml"), store, address, resume=True, console=console)
+
+
+def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:
+    from autotune.pipeline.context import JobContext
+    from autotune.pipeline.runner import run_stages
+    from autotune.tracking.mlflow_tracker import MlflowTracker
+
+    console = console or _console()
+    uri = tracking_uri(job)
+    experiment = job.config.tracking.experiment or job.config.name
+    artifact_location = None
+    if uri.startswith("sqlite:"):
+        artifact_location = (job.output_dir / "mlartifacts").as_uri()
+    tracker = MlflowTracker(uri, experiment, artifact_location)
+    state = store.job()
+    if resume and state and state.parent_run_id:
+        parent = state.parent_run_id
+        tracker.reopen(parent)
+        console.print(f"resuming job [bold]{job.config.name}[/] in {job.output_dir} (MLflow run {parent})")
+    else:
+        parent = tracker.start_parent(job.config.name, {"autotune.job": job.config.name,
+                                                        "autotune.output_dir": str(job.output_dir)})
+        state = JobState(name=job.config.name, job_fingerprint=job.fingerprint(), parent_run_id=parent,
+                         tracking_uri=redact(uri), experiment=experiment)
+        store.save_job(state)
+        tracker.log_params(parent, {k: v for k, v in _flat(job.resolved_dict()).items() if not k.startswith("search.space")})
+        tracker.log_artifact(parent, str(job.output_dir / "job.yaml"), "job")
+        tracker.log_dict(parent, job.space_raw.model_dump(mode="json", exclude_none=True), "job/search_space.json")
+        console.print(f"job [bold]{job.config.name}[/] -> {job.output_dir} (MLflow run {parent})")
+    ctx = JobContext(job=job, tracker=tracker, parent_run_id=parent, console=console, store=store,
+                     address=address, resume=resume)
+    start = time.time()
+    status = "FAILED"
+    try:
+        run_stages(ctx)
+        status = "FINISHED"
+    except GateFailed:
+        status = "FINISHED"
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.end(parent, status)
+        _shutdown_ray()
+    summary = _summary(ctx, time.time() - start, uri)
+    write_json_atomic(job.output_dir / "summary.json", summary)
+    _print_summary(console, summary)
+    return summary
+
+
+def _shutdown_ray() -> None:
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    from autotune.tracking.mlflow_tracker import flatten
+
+    return flatten(d, prefix)
+
+
+def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
+    t, v, d = ctx.results["tune"], ctx.results["validate"], ctx.results.get("deploy")
+    return {
+        "job": ctx.job.config.name,
+        "seconds": round(seconds, 1),
+        "best_trial": f"trial {t.best_number} (Ray {t.best_trial_id})",
+        "method": t.best_method,
+        "knobs": t.best_knobs,
+        "trainable_params": t.best_metrics.get("trainable_params"),
+        "val_" + ctx.job.config.objective.metric.removeprefix("val_"): t.best_metrics.get(ctx.job.config.objective.metric),
+        "test_accuracy": v.test_accuracy,
+        "test_accuracy_ci": v.test_accuracy_ci,
+        "test_macro_f1": v.test_macro_f1,
+        "majority_baseline": v.majority_accuracy,
+        "head_baseline": v.head_accuracy,
+        "trials": t.counts,
+        "artifact": d.artifact_dir if d else None,
+        "registered": f"{d.registered_model} v{d.version} ({', '.join(d.aliases)})" if d and d.version else None,
+        "output_dir": str(ctx.out),
+        "tracking_uri": redact(uri),
+        "mlflow_run_id": ctx.parent_run_id,
+    }
+
+
+def _print_summary(console, s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"AutoTune job '{s['job']}' finished in {s['seconds']:.0f} s", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    knobs = ", ".join(f"{k}={v}" for k, v in s["knobs"].items())
+    lo, hi = s["test_accuracy_ci"]
+    val_key = next(k for k in s if k.startswith("val_"))
+    rows = [
+        ("best trial", f"{s['best_trial']}: {s['method']} ({knobs})"),
+        ("trainable params", f"{int(s['trainable_params'] or 0):,}"),
+        (val_key.replace("_", " "), f"{s[val_key]:.4f}"),
+        ("test accuracy", f"{s['test_accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {s['test_macro_f1']:.4f}"),
+        ("baselines", f"majority {s['majority_baseline']:.4f}, head-only "
+                      + ("n/a" if s["head_baseline"] is None else f"{s['head_baseline']:.4f}")),
+        ("trials", ", ".join(f"{k} {v}" for k, v in s["trials"].items())),
+        ("artifact", str(s["artifact"])),
+        ("registered", str(s["registered"])),
+        ("MLflow", f"{s['tracking_uri']}  (run {s['mlflow_run_id']})"),
+        ("browse", f"autotune ui {s['output_dir']}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+
+
+def status(output_dir: str | Path) -> dict[str, Any]:
+    """Stages, trial counts and best so far, read from state files and the MLflow store (no Ray)."""
+    out = Path(output_dir).resolve()
+    store = StateStore(out)
+    state = store.job()
+    if state is None:
+        raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json)"])
+    from autotune.pipeline.state import STAGES
+
+    stages = {name: store.stage(name) for name in STAGES}
+    info: dict[str, Any] = {"job": state.name, "output_dir": str(out), "parent_run_id": state.parent_run_id,
+                            "stages": {k: v.status for k, v in stages.items()}, "trials": {}, "best": None}
+    job = load_job(out / "job.yaml")
+    try:
+        from autotune.tracking.mlflow_tracker import STATUS_TAG, MlflowTracker
+
+        tracker = MlflowTracker(tracking_uri(job), state.experiment)
+        runs = tracker.client.search_runs([tracker.experiment_id],
+                                          filter_string=f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
+        metric, mode = job.config.objective.metric, job.config.objective.mode
+        counts: dict[str, int] = {}
+        best = None
+        for r in runs:
+            st = r.data.tags.get(STATUS_TAG, "running")
+            counts[st] = counts.get(st, 0) + 1
+            v = r.data.metrics.get(metric)
+            if v is not None and st in ("finished", "pruned"):
+                better = best is None or (v > best[0] if mode == "max" else v < best[0])
+                if better:
+                    best = (v, r.info.run_name, r.data.params.get("method"))
+        info["trials"] = counts
+        info["best"] = {"value": best[0], "trial": best[1], "method": best[2], "metric": metric} if best else None
+    except Exception as exc:  # noqa: BLE001 - status must work even when the store is unreachable
+        info["tracking_error"] = redact(str(exc))[:300]
+    return info

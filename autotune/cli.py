@@ -1,0 +1,152 @@
+"""`autotune` command line: parse arguments, call autotune.api, map errors to exit codes. No logic here.
+
+Exit codes: 0 ok, 1 stage failure, 2 bad input (job file or data), 3 validation gate failed,
+4 too many failed trials, 5 artifact verification failed, 130 interrupted."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from autotune.errors import AutotuneError, ConfigError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Search over fine-tuning methods and their knobs; ship the best model.")
+
+
+def _fail(exc: AutotuneError) -> None:
+    if isinstance(exc, ConfigError):
+        typer.echo(f"error: {len(exc.problems)} problem(s) found:", err=True)
+        for line in exc.problems:
+            typer.echo(f"  {line}", err=True)
+    else:
+        typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def validate(job: Path = typer.Argument(..., help="Job YAML file.")) -> None:
+    """Check a job file and its search space without running anything."""
+    from autotune import api
+
+    try:
+        resolved = api.validate(job)
+    except AutotuneError as exc:
+        _fail(exc)
+    methods = ", ".join(f"{m} ({len(k)} knobs)" for m, k in resolved.space.methods.items())
+    typer.echo(f"{job}: ok - job '{resolved.config.name}', methods: {methods}; "
+               f"{resolved.config.budget.num_trials} trials -> {resolved.output_dir}")
+
+
+@app.command()
+def submit(
+    job: Path = typer.Argument(..., help="Job YAML file."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to attach (overrides ray.address and RAY_ADDRESS)."),
+    force: bool = typer.Option(False, "--force", help="Start over if the output directory already holds a job."),
+) -> None:
+    """Run a job: preprocess -> tune -> validate -> deploy."""
+    from autotune import api
+
+    try:
+        api.submit(job, address=address, force=force)
+    except AutotuneError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished trials are kept; continue with `autotune resume OUTPUT_DIR`", err=True)
+        raise typer.Exit(130)
+
+
+@app.command()
+def resume(
+    output_dir: Path = typer.Argument(..., help="Output directory of an interrupted job."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to attach."),
+) -> None:
+    """Continue an interrupted job: finished stages and trials are kept, the MLflow parent run is reused."""
+    from autotune import api
+
+    try:
+        api.resume(output_dir, address=address)
+    except AutotuneError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130)
+
+
+@app.command()
+def status(output_dir: Path = typer.Argument(..., help="Output directory of a job."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Stages, trials done/running/pruned/failed, best so far."""
+    from autotune import api
+
+    try:
+        info = api.status(output_dir)
+    except AutotuneError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    typer.echo(f"job {info['job']} ({info['output_dir']})")
+    typer.echo("stages: " + "  ".join(f"{k}={v}" for k, v in info["stages"].items()))
+    typer.echo("trials: " + ("  ".join(f"{k}={v}" for k, v in sorted(info["trials"].items())) or "none yet"))
+    b = info.get("best")
+    typer.echo(f"best:   {b['metric']}={b['value']:.4f} ({b['trial']}, {b['method']})" if b else "best:   none yet")
+
+
+@app.command()
+def verify(artifact: Path = typer.Argument(..., help="Artifact directory written by the deploy stage."),
+           no_load: bool = typer.Option(False, "--no-load", help="Check hashes only; do not load the model.")) -> None:
+    """Check an artifact against its MANIFEST (sha256 + size of every file) and load it."""
+    from autotune.artifact import verify as do_verify
+
+    try:
+        manifest = do_verify(artifact, load=not no_load)
+    except AutotuneError as exc:
+        _fail(exc)
+    typer.echo(f"{artifact}: ok - {len(manifest['files'])} files match MANIFEST.json" + ("" if no_load else "; model loads"))
+
+
+@app.command()
+def ui(
+    target: Path = typer.Argument(..., help="A job's output directory (or its job YAML)."),
+    port: int = typer.Option(5000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Bind address; keep 127.0.0.1 unless you mean to expose it."),
+) -> None:
+    """Open the MLflow UI on the job's tracking store."""
+    import subprocess
+
+    from autotune import api
+    from autotune.config.loader import load_job
+
+    try:
+        job = load_job(target / "job.yaml" if target.is_dir() else target)
+    except AutotuneError as exc:
+        _fail(exc)
+    uri = api.tracking_uri(job)
+    typer.echo(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
+    if uri.startswith("sqlite:"):
+        cmd += ["--default-artifact-root", (job.output_dir / "mlartifacts").as_uri()]
+    try:
+        raise typer.Exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise typer.Exit(0)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the job file."""
+    from autotune.config.job import JobConfig
+
+    typer.echo(json.dumps(JobConfig.model_json_schema(by_alias=True), indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

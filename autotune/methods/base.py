@@ -1,0 +1,123 @@
+"""What a fine-tuning method is: a typed set of knobs plus `apply()`, which turns a model into a
+`Prepared` model whose trainable tensors are exactly the ones the method claims.
+
+A method module imports torch/peft only inside functions, so the config layer can read every method's
+knobs (for validation and search-space checks) without heavy imports.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import nn
+
+
+class MethodParams(BaseModel):
+    """Knobs common to every method. Subclasses add their own; all knobs have defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak AdamW learning rate (linear warmup, linear decay).")
+
+
+class Prepared:
+    """A model made ready for training by a method.
+
+    Default behaviour: the trainable tensors are the parameters with `requires_grad`; the exported model is
+    the training model itself. Methods override what differs (LoRA merges, sparse stores deltas).
+    """
+
+    def __init__(self, model: "nn.Module", describe: str = ""):
+        self.model = model
+        self.describe = describe
+
+    # --- what trains -------------------------------------------------------------------------------
+    def trainable_named_parameters(self) -> list[tuple[str, "torch.nn.Parameter"]]:
+        return [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+
+    @property
+    def trainable_params(self) -> int:
+        """Number of scalar entries the optimizer updates (what every trial reports)."""
+        return sum(p.numel() for _, p in self.trainable_named_parameters())
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: no decay on biases and LayerNorm weights (the usual transformer recipe)."""
+        decay, no_decay = [], []
+        for name, p in self.trainable_named_parameters():
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def after_optimizer_step(self, step: int) -> None:
+        """Hook for methods that must act after each step (e.g. AdaLoRA's rank allocation)."""
+
+    # --- checkpoint and export ---------------------------------------------------------------------
+    def trainable_state(self) -> dict[str, "torch.Tensor"]:
+        """Only the tensors that training changed: enough to rebuild the model from the base weights."""
+        return {n: p.detach().contiguous().clone() for n, p in self.trainable_named_parameters()}
+
+    def load_trainable_state(self, state: dict[str, "torch.Tensor"]) -> None:
+        params = dict(self.trainable_named_parameters())
+        missing = sorted(set(params) - set(state))
+        unexpected = sorted(set(state) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint does not match the method: missing={missing[:5]} unexpected={unexpected[:5]}")
+        import torch
+
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state[name])
+
+    def export(self) -> "nn.Module":
+        """A plain AutotuneForSequenceClassification with the method folded into its weights."""
+        return self.model
+
+
+class Method:
+    """One fine-tuning method. Subclass, set `name`, `Params`, `summary`, implement `apply`."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def apply(self, model: "nn.Module", params: MethodParams, ctx: "ApplyContext") -> Prepared:
+        raise NotImplementedError
+
+
+class ApplyContext(BaseModel):
+    """What a method may need beyond its knobs: a sample of training batches (for gradient-based
+    selection) and a seed. Kept small and explicit."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    seed: int = 0
+    calibration_batches: list[Any] = Field(default_factory=list)
+    restore_state: dict[str, Any] | None = None  # a trainable_state() to rebuild exactly (no re-selection)
+
+
+def encoder_layers(model: "nn.Module"):
+    """The list of transformer blocks of the encoder (BERT-like `encoder.layer`, or DistilBERT-like)."""
+    enc = model.encoder
+    for path in ("encoder.layer", "transformer.layer", "layers", "layer", "h"):
+        obj = enc
+        try:
+            for part in path.split("."):
+                obj = getattr(obj, part)
+        except AttributeError:
+            continue
+        return obj
+    raise ValueError(f"cannot find the transformer layers of {type(enc).__name__}")
+
+
+def freeze_all(model: "nn.Module") -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def unfreeze_head(model: "nn.Module") -> None:
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)

@@ -1,0 +1,55 @@
+"""`full`: fine-tune all weights, or only the last k encoder layers / an explicit list of layers.
+
+The classifier always trains. When layers are restricted, embeddings stay frozen (the layers below the
+first trained one get no useful gradient anyway, and freezing them saves their optimizer state).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from autotune.errors import TrialFailed
+from autotune.methods.base import Method, MethodParams, Prepared, encoder_layers, freeze_all, unfreeze_head
+
+
+class FullParams(MethodParams):
+    learning_rate: float = Field(3e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    unfreeze_last_k: int | None = Field(
+        None, ge=1, description="Train only the last k encoder layers (and the head). null = all layers + embeddings."
+    )
+    layers: list[int] | None = Field(
+        None, min_length=1, description="Explicit 0-based encoder layer indices to train (and the head)."
+    )
+
+    @model_validator(mode="after")
+    def _one_selector(self):
+        if self.unfreeze_last_k is not None and self.layers is not None:
+            raise ValueError("give either unfreeze_last_k or layers, not both")
+        return self
+
+
+class FullMethod(Method):
+    name = "full"
+    summary = "all weights, or the last k / listed encoder layers"
+    Params = FullParams
+
+    def apply(self, model, params: FullParams, ctx):
+        if params.unfreeze_last_k is None and params.layers is None:
+            for p in model.parameters():
+                p.requires_grad_(True)
+            return Prepared(model, describe="all weights")
+        layers = encoder_layers(model)
+        n = len(layers)
+        if params.layers is not None:
+            chosen = sorted(set(params.layers))
+            bad = [i for i in chosen if not 0 <= i < n]
+            if bad:
+                raise TrialFailed(f"full.layers: layer(s) {bad} do not exist (the model has {n} layers: 0..{n - 1})")
+        else:
+            chosen = list(range(max(0, n - params.unfreeze_last_k), n))
+        freeze_all(model)
+        unfreeze_head(model)
+        for i in chosen:
+            for p in layers[i].parameters():
+                p.requires_grad_(True)
+        return Prepared(model, describe=f"layers {chosen} + head")

@@ -1,0 +1,148 @@
+"""`sparse`: train only a fraction (1 - sparsity) of the encoder's weight-matrix entries.
+
+The selected entries are stored as (flat index, delta value) per tensor: the optimizer sees only the
+deltas, so AdamW's state is 2 x 4 bytes per *selected* entry, not per model weight, and weight decay acts
+on the deltas only (it pulls them back to the pretrained values) - a frozen entry can never move.
+The weight seen in forward is `W0 + scatter(delta)` through `torch.nn.utils.parametrize`; export folds
+the deltas in. The classifier head trains densely (it is new).
+
+Selection is global over all eligible tensors (every 2-D weight of the encoder's layers; embeddings are
+excluded), by |W| (magnitude), accumulated |grad| on a few training batches (gradient), or seeded random.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from autotune.methods.base import Method, MethodParams, Prepared, encoder_layers, freeze_all, unfreeze_head
+
+
+class SparseParams(MethodParams):
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak AdamW learning rate for the deltas.")
+    sparsity: float = Field(0.99, ge=0.0, le=0.9999, description="Fraction of eligible weights kept frozen.")
+    selection: Literal["magnitude", "gradient", "random"] = Field("gradient", description="How entries are chosen.")
+
+
+def _delta_module():
+    import torch
+    from torch import nn
+
+    class SparseDelta(nn.Module):
+        """Parametrization W -> W + scatter(delta at idx)."""
+
+        def __init__(self, idx: torch.Tensor):
+            super().__init__()
+            self.register_buffer("idx", idx, persistent=True)
+            self.delta = nn.Parameter(torch.zeros(idx.numel()))
+
+        def forward(self, weight: torch.Tensor) -> torch.Tensor:
+            flat = weight.reshape(-1).index_add(0, self.idx, self.delta.to(weight.dtype))
+            return flat.view_as(weight)
+
+    return SparseDelta
+
+
+class SparsePrepared(Prepared):
+    def __init__(self, model, targets, describe):
+        super().__init__(model, describe)
+        self.targets = targets  # list of (module, name)
+
+    def trainable_state(self):
+        state = super().trainable_state()
+        # indices are part of the trained state: without them the deltas mean nothing
+        for name, buf in self.model.named_buffers():
+            if name.endswith(".idx"):
+                state[name] = buf.clone()
+        return state
+
+    def load_trainable_state(self, state):
+        # indices were fixed at apply() time from the same state (ctx.restore_state); load the values
+        super().load_trainable_state({k: v for k, v in state.items() if not k.endswith(".idx")})
+
+    def export(self):
+        from torch.nn.utils import parametrize
+
+        for module, name in self.targets:
+            if parametrize.is_parametrized(module, name):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        return self.model
+
+
+class SparseMethod(Method):
+    name = "sparse"
+    summary = "a tiny set of critical weights (indices + deltas), chosen by magnitude/gradient/random"
+    Params = SparseParams
+
+    def apply(self, model, params: SparseParams, ctx):
+        import torch
+        from torch.nn.utils import parametrize
+
+        targets = []
+        for layer in encoder_layers(model):
+            for module in layer.modules():
+                w = getattr(module, "weight", None)
+                if isinstance(w, torch.nn.Parameter) and w.ndim == 2:
+                    targets.append((module, "weight"))
+        if ctx.restore_state is not None:
+            return self._restore(model, targets, ctx.restore_state)
+        scores = self._scores(model, targets, params, ctx)
+        sizes = [s.numel() for s in scores]
+        total = sum(sizes)
+        k = max(1, round((1.0 - params.sparsity) * total))
+        flat = torch.cat([s.reshape(-1) for s in scores])
+        top = torch.topk(flat, k, sorted=False).indices
+        freeze_all(model)
+        unfreeze_head(model)
+        SparseDelta = _delta_module()
+        offsets = torch.tensor([0] + sizes).cumsum(0)
+        for t, (module, name) in enumerate(targets):
+            lo, hi = int(offsets[t]), int(offsets[t + 1])
+            local = top[(top >= lo) & (top < hi)] - lo
+            if local.numel():
+                parametrize.register_parametrization(module, name, SparseDelta(local.sort().values))
+        return SparsePrepared(model, targets, describe=f"{k} of {total} entries ({params.selection})")
+
+    @staticmethod
+    def _restore(model, targets, state):
+        """Re-create the parametrizations at the stored indices (no re-selection: exact rebuild)."""
+        from torch.nn.utils import parametrize
+
+        freeze_all(model)
+        unfreeze_head(model)
+        SparseDelta = _delta_module()
+        suffix = ".parametrizations.weight.0.idx"
+        k = 0
+        for key, idx in state.items():
+            if key.endswith(suffix):
+                module = model.get_submodule(key[: -len(suffix)])
+                parametrize.register_parametrization(module, "weight", SparseDelta(idx.clone()))
+                k += idx.numel()
+        return SparsePrepared(model, targets, describe=f"{k} entries (restored)")
+
+    @staticmethod
+    def _scores(model, targets, params, ctx):
+        import torch
+
+        weights = [getattr(m, n) for m, n in targets]
+        if params.selection == "magnitude":
+            return [w.detach().abs() for w in weights]
+        if params.selection == "random":
+            g = torch.Generator().manual_seed(ctx.seed)
+            return [torch.rand(w.shape, generator=g) for w in weights]
+        # gradient: accumulated |dL/dW| over a few calibration batches, model in train mode, no update
+        if not ctx.calibration_batches:
+            raise ValueError("sparse selection 'gradient' needs calibration batches")
+        acc = [torch.zeros_like(w) for w in weights]
+        was_training = model.training
+        model.train()
+        for batch in ctx.calibration_batches:
+            model.zero_grad(set_to_none=True)
+            model(**batch).loss.backward()
+            for a, w in zip(acc, weights):
+                if w.grad is not None:
+                    a += w.grad.abs()
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+        return acc

@@ -1,0 +1,25 @@
+"""What every stage receives: the job, the tracker, the parent run, the console, earlier stages' results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from autotune.config.loader import ResolvedJob
+from autotune.pipeline.state import StateStore
+
+
+@dataclass
+class JobContext:
+    job: ResolvedJob
+    tracker: Any  # MlflowTracker
+    parent_run_id: str
+    console: Any  # rich Console
+    store: StateStore
+    address: str | None = None
+    resume: bool = False
+    results: dict[str, Any] = field(default_factory=dict)  # stage name -> typed result model
+
+    @property
+    def out(self):
+        return self.job.output_dir

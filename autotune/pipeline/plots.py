@@ -1,0 +1,63 @@
+"""Study plots for the parent run: optimisation history by method, and quality vs trainable parameters
+(the trade-off a user picks a method by). PNG via matplotlib, plus an HTML page embedding them."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+COLOURS = {"head": "tab:blue", "full": "tab:red", "lora": "tab:green", "sparse": "tab:purple"}
+MARKERS = {"finished": "o", "pruned": "x", "failed": "v"}
+
+
+def study_plots(ctx, result) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = ctx.job.config.objective.metric
+    rows = [r for r in result.trials if metric in r.metrics]
+    out = ctx.out / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    best_so_far, best = [], None
+    for r in sorted(rows, key=lambda r: r.number):
+        v = r.metrics[metric]
+        best = v if best is None else (max(best, v) if ctx.job.config.objective.mode == "max" else min(best, v))
+        best_so_far.append((r.number, best))
+        kw = dict(color=COLOURS.get(r.method, "gray"), marker=MARKERS.get(r.status, "o"))
+        ax1.scatter(r.number, v, **kw)
+        ax2.scatter(max(1, r.metrics.get("trainable_params", 1)), v, **kw)
+    if best_so_far:
+        ax1.step(*zip(*best_so_far), where="post", color="black", lw=1, label="best so far")
+    for m, c in COLOURS.items():
+        ax1.scatter([], [], color=c, label=m)
+    for s, mk in MARKERS.items():
+        ax1.scatter([], [], color="gray", marker=mk, label=s)
+    ax1.set_xlabel("trial")
+    ax1.set_ylabel(metric)
+    ax1.set_title("optimisation history")
+    ax1.legend(fontsize=7, ncol=2)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("trainable parameters (log)")
+    ax2.set_ylabel(metric)
+    ax2.set_title("quality vs trainable parameters")
+    fig.tight_layout()
+    png = out / "study.png"
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    html = out / "study.html"
+    data = base64.b64encode(png.read_bytes()).decode()
+    table = "".join(
+        f"<tr><td>{r.number}</td><td>{r.method}</td><td>{r.status}</td><td>{r.metrics.get(metric, float('nan')):.4f}</td>"
+        f"<td>{int(r.metrics.get('trainable_params', 0)):,}</td><td>{' '.join(f'{k}={v}' for k, v in r.knobs.items())}</td></tr>"
+        for r in sorted(result.trials, key=lambda r: r.number)
+    )
+    html.write_text(
+        f"<html><head><meta charset='utf-8'><title>{ctx.job.config.name} study</title></head><body>"
+        f"<h1>{ctx.job.config.name}</h1><img src='data:image/png;base64,{data}'/>"
+        f"<table border=1 cellpadding=4><tr><th>trial</th><th>method</th><th>status</th><th>{metric}</th>"
+        f"<th>trainable</th><th>knobs</th></tr>{table}</table></body></html>"
+    )
+    return [png, html]

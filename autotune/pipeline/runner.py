@@ -1,0 +1,54 @@
+"""Run the stages in order. Each stage writes its typed result into its state record; on resume,
+succeeded stages whose inputs did not change are skipped and their results reloaded."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Callable
+
+from autotune.errors import AutotuneError, GateFailed, StageError
+from autotune.pipeline import deploy, preprocess, tune, validate
+from autotune.pipeline.context import JobContext
+from autotune.pipeline.state import StageState
+
+STAGE_IMPL: dict[str, tuple[Callable, type]] = {
+    "preprocess": (preprocess.run, preprocess.PreprocessResult),
+    "tune": (tune.run, tune.TuneResult),
+    "validate": (validate.run, validate.ValidateResult),
+    "deploy": (deploy.run, deploy.DeployResult),
+}
+
+
+def run_stages(ctx: JobContext) -> None:
+    inputs_hash = ctx.job.fingerprint()
+    for name, (fn, result_type) in STAGE_IMPL.items():
+        state = ctx.store.stage(name)
+        if state.status == "succeeded" and state.inputs_hash == inputs_hash:
+            ctx.results[name] = result_type.model_validate(state.outputs)
+            ctx.console.print(f"[dim]stage {name}: already succeeded, skipped[/]")
+            continue
+        state = StageState(stage=name, status="running", inputs_hash=inputs_hash, started_at=time.time())
+        ctx.store.save_stage(state)
+        ctx.console.rule(f"[bold]{name}")
+        try:
+            result = fn(ctx)
+        except BaseException as exc:
+            state.status = "failed"
+            state.finished_at = time.time()
+            state.error = str(exc) if isinstance(exc, AutotuneError) else traceback.format_exc()[-4000:]
+            ctx.store.save_stage(state)
+            if isinstance(exc, (AutotuneError, KeyboardInterrupt)):
+                raise
+            raise StageError(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+        ctx.results[name] = result
+        state.status = "succeeded"
+        state.finished_at = time.time()
+        state.outputs = result.model_dump(mode="json")
+        ctx.store.save_stage(state)
+        ctx.tracker.set_tags(ctx.parent_run_id, {f"autotune.stage.{name}": "succeeded"})
+        if name == "validate" and not result.passed:
+            failed = "; ".join(g.detail for g in result.gates if not g.passed)
+            skip = StageState(stage="deploy", status="skipped", inputs_hash=inputs_hash, error=f"gate failed: {failed}")
+            ctx.store.save_stage(skip)
+            raise GateFailed(f"validation gate failed, deploy skipped: {failed}")

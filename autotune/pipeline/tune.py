@@ -1,0 +1,110 @@
+"""Tune stage: run the search, then summarise it (trials table, best trial) on the parent run."""
+
+from __future__ import annotations
+
+import csv
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from autotune.pipeline.context import JobContext
+from autotune.redact import redact
+
+
+class TrialRow(BaseModel):
+    trial_id: str
+    number: int
+    method: str
+    knobs: dict[str, Any]
+    status: str
+    metrics: dict[str, float]
+    error: str | None = None
+    seconds: float | None = None
+    run_id: str | None = None
+
+
+class TuneResult(BaseModel):
+    best_trial_id: str
+    best_number: int
+    best_method: str
+    best_knobs: dict[str, Any]
+    best_metrics: dict[str, float]
+    best_checkpoint: str
+    head_checkpoint: str | None  # best trial of the `head` method: the validate stage's baseline
+    head_knobs: dict[str, Any] | None
+    counts: dict[str, int]
+    study_name: str
+    storage_url: str
+    experiment_path: str
+    seconds: float
+    trials: list[TrialRow]
+
+
+def run(ctx: JobContext) -> TuneResult:
+    from autotune.pipeline.preprocess import load_tokens
+    from autotune.search.tuner import run_search
+
+    pre = ctx.results["preprocess"]
+    tokens = load_tokens(pre.tokens_path)
+    start = time.time()
+    outcome = run_search(ctx.job, pre.labels, tokens, ctx.tracker, ctx.parent_run_id, ctx.console,
+                         address=ctx.address, resume=ctx.resume)
+    seconds = time.time() - start
+    rows = [
+        TrialRow(trial_id=r.trial_id, number=r.number, method=r.method, knobs=r.knobs, status=r.status,
+                 metrics={k: float(v) for k, v in r.metrics.items()}, error=r.error,
+                 seconds=(r.ended - r.started) if r.ended else None, run_id=r.run_id)
+        for r in outcome.records
+    ]
+    counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "failed")}
+    metric, mode = ctx.job.config.objective.metric, ctx.job.config.objective.mode
+    heads = [r for r in outcome.records if r.method == "head" and metric in r.metrics and r.trial_id in outcome.checkpoints]
+    head = (max if mode == "max" else min)(heads, key=lambda r: r.metrics[metric]) if heads else None
+    best = outcome.best
+    if outcome.best_checkpoint is None:
+        from autotune.errors import StageError
+
+        raise StageError(f"the best trial {best.trial_id} left no checkpoint under {outcome.experiment_path}")
+    result = TuneResult(
+        best_trial_id=best.trial_id, best_number=best.number, best_method=best.method, best_knobs=best.knobs,
+        best_metrics={k: float(v) for k, v in best.metrics.items()}, best_checkpoint=outcome.best_checkpoint,
+        head_checkpoint=outcome.checkpoints.get(head.trial_id) if head else None,
+        head_knobs=head.knobs if head else None, counts=counts, study_name=outcome.study_name,
+        storage_url=redact(outcome.storage_url), experiment_path=outcome.experiment_path, seconds=seconds, trials=rows,
+    )
+    _log(ctx, result)
+    return result
+
+
+def _log(ctx: JobContext, result: TuneResult) -> None:
+    t, run = ctx.tracker, ctx.parent_run_id
+    path = ctx.out / "trials.csv"
+    write_trials_csv(result.trials, path)
+    t.log_artifact(run, str(path), "search")
+    t.log_params(run, {"best.method": result.best_method, "best.trial_id": result.best_trial_id,
+                       **{f"best.{result.best_method}.{k}": v for k, v in result.best_knobs.items()},
+                       "optuna.study_name": result.study_name, "optuna.storage": result.storage_url})
+    t.log_metrics(run, {**{f"best.{k}": v for k, v in result.best_metrics.items()},
+                        **{f"trials.{k}": v for k, v in result.counts.items()}, "tune.seconds": result.seconds})
+    try:
+        from autotune.pipeline.plots import study_plots
+
+        for p in study_plots(ctx, result):
+            t.log_artifact(run, str(p), "search/plots")
+    except Exception as exc:  # noqa: BLE001 - plots are a convenience, never a failure
+        ctx.console.print(f"[yellow]note: study plots skipped ({exc})[/]")
+
+
+def write_trials_csv(rows: list[TrialRow], path) -> None:
+    cols = ["number", "trial_id", "method", "status", "val_accuracy", "val_macro_f1", "val_loss", "trainable_params",
+            "optimizer_state_bytes", "rung", "seconds", "knobs", "error"]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(cols)
+        for r in rows:
+            m = r.metrics
+            w.writerow([r.number, r.trial_id, r.method, r.status, m.get("val_accuracy"), m.get("val_macro_f1"),
+                        m.get("val_loss"), m.get("trainable_params"), m.get("optimizer_state_bytes"), m.get("rung"),
+                        f"{r.seconds:.1f}" if r.seconds else "", " ".join(f"{k}={v}" for k, v in r.knobs.items()),
+                        r.error or ""])

@@ -1,0 +1,3 @@
+"""Keys shared by the searcher, the callbacks and the trainable (kept free of Ray imports)."""
+
+NUMBER_KEY = "trial_number"  # Optuna trial number, added to every trial's config by the searcher

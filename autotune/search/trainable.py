@@ -1,0 +1,61 @@
+"""The Ray Tune trainable: one trial = build the model, apply the sampled method, run the train loop,
+report every rung (with a checkpoint of the trained tensors) so ASHA can stop weak trials early."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.config.job import ModelConfig, TrainingConfig
+from autotune.config.space import CompiledSpace
+
+STATE_FILE = "trainable.safetensors"
+RECORD_FILE = "trial.json"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a trial needs besides its sampled config; shipped once through the object store."""
+
+    model: ModelConfig
+    training: TrainingConfig
+    space: CompiledSpace
+    labels: list[str]
+    seed: int
+    cpus: float
+
+
+def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str, Any]]) -> None:
+    import torch
+    from ray import tune
+    from safetensors.torch import save_file
+
+    from autotune.methods import ApplyContext, get_method
+    from autotune.training.loop import batches, train
+    from autotune.training.model import build_model
+
+    # concurrent trials on one box thrash unless each uses only its CPU share
+    torch.set_num_threads(max(1, int(spec.cpus)))
+    method_name, knobs = spec.space.decode(config)
+    method = get_method(method_name)
+    params = method.Params(**knobs)  # raises on a bad knob combination: the trial fails, the search goes on
+
+    torch.manual_seed(spec.seed)  # same head init for every trial of the job
+    model = build_model(spec.model, spec.labels)
+    calib = []
+    if getattr(params, "selection", None) == "gradient":
+        calib = list(batches(data["train"], spec.training.batch_size))[:4]
+    prepared = method.apply(model, params, ApplyContext(seed=spec.seed, calibration_batches=calib))
+
+    def on_rung(metrics: dict[str, float], rung: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_file(prepared.trainable_state(), os.path.join(tmp, STATE_FILE))
+            with open(os.path.join(tmp, RECORD_FILE), "w") as fh:
+                json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
+                           "metrics": metrics}, fh)
+            tune.report(dict(metrics, method=method_name), checkpoint=tune.Checkpoint.from_directory(tmp))
+
+    train(prepared, data, spec.training, params.learning_rate, spec.seed, on_rung)

@@ -1,0 +1,234 @@
+"""Build and run the search: Ray Tune `Tuner` + Optuna's sampler through `OptunaSearch` (define-by-run
+space, seeded sampler, persistent storage), method-stratified ASHA, resources per trial."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autotune.config.loader import ResolvedJob
+from autotune.errors import StageError, TooManyFailures
+from autotune.search.callbacks_keys import NUMBER_KEY
+
+
+@dataclass
+class SearchOutcome:
+    records: list  # TrialRecord
+    best: Any  # TrialRecord | None
+    best_checkpoint: str | None
+    checkpoints: dict[str, str]  # trial_id -> checkpoint dir
+    study_name: str
+    storage_url: str
+    experiment_path: str
+
+
+def optuna_storage_url(job: ResolvedJob) -> str:
+    url = os.environ.get("AUTOTUNE_OPTUNA_STORAGE") or job.config.storage.optuna_url
+    return url or f"sqlite:///{job.output_dir / 'optuna.db'}"
+
+
+def make_sampler(job: ResolvedJob):
+    import optuna
+
+    cfg, seed = job.config.sampler, job.config.seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.kind == "tpe":
+            # group=True models each method's knobs separately (a conditional space); constant_liar keeps
+            # concurrent trials from being handed the same point.
+            return optuna.samplers.TPESampler(
+                seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=cfg.n_startup_trials
+            )
+        if cfg.kind == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        if cfg.kind == "cmaes":
+            return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+        if cfg.kind == "gp":
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials)
+        return optuna.samplers.QMCSampler(seed=seed)
+
+
+def make_searcher(job: ResolvedJob, storage_url: str, study_name: str):
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch  # must be imported explicitly in Ray 2.60
+
+    class AutotuneOptunaSearch(OptunaSearch):
+        """Records the Ray trial id on each Optuna trial, and tells Optuna PRUNED for trials the
+        scheduler stopped early (stock OptunaSearch records them as COMPLETE)."""
+
+        def suggest(self, trial_id):
+            config = super().suggest(trial_id)
+            if isinstance(config, dict) and trial_id in self._ot_trials:
+                ot_trial = self._ot_trials[trial_id]
+                ot_trial.set_user_attr("ray_trial_id", trial_id)
+                # the Optuna trial number names the trial everywhere (console, MLflow, trials.csv)
+                config = {**config, NUMBER_KEY: ot_trial.number}
+            return config
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            if result and not error and result.get("rung", 0) < result.get("total_rungs", 0):
+                try:
+                    self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+                except Exception:  # noqa: BLE001 - the study refuses a second tell; keep going
+                    pass
+                self._completed_trials.add(trial_id)
+                return
+            return super().on_trial_complete(trial_id, result, error)
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(storage_url)
+    points = [job.space.encode_point(p.method, dict(p.knobs)) for p in job.config.search.initial_points]
+    return AutotuneOptunaSearch(
+        space=job.space.define_by_run,
+        metric=job.config.objective.metric,
+        mode=job.config.objective.mode,
+        sampler=make_sampler(job),
+        study_name=study_name,
+        storage=storage,
+        points_to_evaluate=points or None,
+    )
+
+
+def make_scheduler(job: ResolvedJob, total_rungs: int):
+    cfg = job.config.scheduler
+    if cfg.kind == "fifo":
+        from ray.tune.schedulers import FIFOScheduler
+
+        return FIFOScheduler()
+    kwargs = dict(
+        time_attr="rung", max_t=total_rungs, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor,
+    )
+    if cfg.per_method:
+        from autotune.search.scheduler import method_stratified_asha
+
+        return method_stratified_asha(**kwargs)
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    return AsyncHyperBandScheduler(**kwargs)
+
+
+def init_ray(job: ResolvedJob, address: str | None) -> None:
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or job.config.ray.address
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TBX loggers per trial
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        ray.init(
+            include_dashboard=job.config.ray.include_dashboard,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level=logging.ERROR,
+        )
+
+
+def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, parent_run_id: str | None,
+               console=None, address: str | None = None, resume: bool = False) -> SearchOutcome:
+    from ray import tune
+
+    from autotune.search.callbacks import FailureGuard, TrialBook
+    from autotune.search.trainable import TrialSpec, run_trial
+    from autotune.training.loop import rung_steps
+
+    cfg = job.config
+    init_ray(job, address)
+    _, rungs = rung_steps(len(tokenized["train"]["labels"]), cfg.training)
+    total_rungs = len(rungs)
+    storage_url = optuna_storage_url(job)
+    study_name = cfg.search.study_name or cfg.name
+    book = TrialBook(job.space, tracker, parent_run_id, console, cfg.budget.num_trials,
+                     cfg.objective.metric, cfg.objective.mode)
+    guard = FailureGuard(book, cfg.budget.max_consecutive_failures)
+    spec = TrialSpec(cfg.model, cfg.training, job.space, labels, cfg.seed,
+                     cfg.budget.resources_per_trial.cpu)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, spec=spec, data=tokenized),
+        {"cpu": cfg.budget.resources_per_trial.cpu, "gpu": cfg.budget.resources_per_trial.gpu},
+    )
+    storage_path = str(job.output_dir / "ray")
+    exp_path = os.path.join(storage_path, "tune")
+    run_config = tune.RunConfig(
+        name="tune",
+        storage_path=storage_path,
+        verbose=0,
+        callbacks=[book],
+        stop=guard,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        failure_config=tune.FailureConfig(max_failures=0),
+    )
+    if resume and tune.Tuner.can_restore(exp_path):
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   restart_errored=False)
+        # callbacks are not part of the saved state: attach this driver's book again
+        tuner._local_tuner._run_config.callbacks = [book]
+        tuner._local_tuner._run_config.stop = guard
+        _seed_book_from_tracker(book, tracker, parent_run_id)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=make_searcher(job, storage_url, study_name),
+                scheduler=make_scheduler(job, total_rungs),
+                metric=cfg.objective.metric,
+                mode=cfg.objective.mode,
+                num_samples=cfg.budget.num_trials,
+                max_concurrent_trials=cfg.budget.max_concurrent_trials,
+                time_budget_s=cfg.budget.time_budget_s,
+                reuse_actors=True,
+            ),
+            run_config=run_config,
+        )
+    results = tuner.fit()
+
+    checkpoints: dict[str, str] = {}
+    for result in results:
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        if result.checkpoint is not None:
+            checkpoints[trial_id] = result.checkpoint.path
+    records = sorted(book.records.values(), key=lambda r: r.number)
+    if guard.stop_all():
+        last = [r for r in records if r.status == "failed"][-cfg.budget.max_consecutive_failures:]
+        raise TooManyFailures(
+            f"the search stopped after {len(last)} consecutive failed trials "
+            f"(budget.max_consecutive_failures={cfg.budget.max_consecutive_failures}); last error: {last[-1].error if last else '?'}"
+        )
+    best = book.best()
+    if best is None:
+        errors = "; ".join(sorted({r.error or "?" for r in records if r.status == "failed"}))[:800]
+        raise StageError(f"no trial produced a result ({len(records)} trials; errors: {errors or 'none recorded'})")
+    return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study_name, storage_url, exp_path)
+
+
+def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
+    """On resume, earlier trials' outcomes come back from their MLflow child runs."""
+    if tracker is None or parent_run_id is None:
+        return
+    from autotune.search.callbacks import TrialRecord
+    from autotune.tracking.mlflow_tracker import STATUS_TAG, TRIAL_ID_TAG
+
+    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    for run in runs:
+        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        status = run.data.tags.get(STATUS_TAG, "running")
+        if not trial_id or status == "running":
+            continue
+        method = run.data.params.get("method", "?")
+        knobs = {k.split(".", 1)[1]: v for k, v in run.data.params.items() if k.startswith(method + ".")}
+        number = int(run.data.params.get("trial_number", -1))
+        rec = TrialRecord(trial_id, number, method, knobs, status=status, run_id=run.info.run_id,
+                          metrics=dict(run.data.metrics), error=run.data.tags.get("autotune.error"))
+        book.records[trial_id] = rec

