@@ -64,6 +64,7 @@ def describe(err: dict) -> str:
         msg = str(ctx.get("error", err["msg"]))
         return msg
     template = _TEMPLATES.get(kind)
+    ctx = {k: (f"{v:g}" if isinstance(v, float) else v) for k, v in ctx.items()}
     msg = template.format(**ctx) if template else err["msg"][0].lower() + err["msg"][1:]
     return f"{msg} (got {show(err.get('input'))})"
 

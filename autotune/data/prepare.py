@@ -43,6 +43,17 @@ def read_table(path: Path, fmt: str, cfg: DataConfig):
         fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}[path.suffix.lower()]
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    if fmt in ("csv", "jsonl"):
+        raw = path.read_bytes()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            raise DataError(
+                f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                "re-save the file as UTF-8"
+            ) from None
+        del raw
     try:
         if fmt == "csv":
             df = pd.read_csv(path, dtype=object, keep_default_na=False, encoding="utf-8")
@@ -50,9 +61,6 @@ def read_table(path: Path, fmt: str, cfg: DataConfig):
             df = pd.read_json(path, lines=True, dtype=False)
         else:
             df = pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        line = path.read_bytes()[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     except (ValueError, pd.errors.ParserError) as exc:
         raise DataError(f"{path}: cannot be read as {fmt}: {str(exc).splitlines()[0]}") from None
     if df.empty:

@@ -116,8 +116,9 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
         for batch in batches(train_split, cfg.batch_size, order):
             model.train()
             loss = model(**batch).loss
-            if not torch.isfinite(loss):
-                raise TrialFailed(f"loss became {float(loss)} at step {step} (learning_rate={learning_rate:g})")
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise TrialFailed(f"loss became {loss_value} at step {step} (learning_rate={learning_rate:g})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
@@ -126,7 +127,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
             prepared.after_optimizer_step(step)
             step += 1
             seen += len(batch["labels"])
-            since_rung_loss += float(loss) * len(batch["labels"])
+            since_rung_loss += loss_value * len(batch["labels"])
             since_rung_n += len(batch["labels"])
 
             if step in rungs:

@@ -1,0 +1,165 @@
+"""A real search through Ray Tune + Optuna + MLflow on a tiny model: parent/child runs, the persisted
+study, finished/pruned/failed statuses, a verified artifact, and the consecutive-failure stop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.ray
+
+
+def job_yaml(tmp_path: Path, model_dir: Path, data: Path, body: str, name: str = "itest") -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(textwrap.dedent(f"""
+        name: {name}
+        output_dir: {tmp_path / 'out'}
+        seed: 0
+        model: {{name_or_path: {model_dir}, max_length: 16}}
+        data: {{path: {data}, text_column: review, label_column: sentiment}}
+        training: {{epochs: 2, batch_size: 16, evals_per_epoch: 2, warmup_ratio: 0.0}}
+        objective: {{metric: val_loss}}
+        budget: {{max_concurrent_trials: 1, resources_per_trial: {{cpu: 1}}}}
+        scheduler: {{kind: asha, grace_period: 1, reduction_factor: 2}}
+    """) + textwrap.dedent(body))
+    return p
+
+
+@pytest.fixture(scope="module")
+def finished_job(tiny_model_dir, synthetic_csv, tmp_path_factory):
+    from autotune import api
+
+    tmp = tmp_path_factory.mktemp("itest")
+    job = job_yaml(tmp, tiny_model_dir, synthetic_csv, """
+        search:
+          space:
+            methods:
+              full: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}}
+              lora:
+                learning_rate: 1.0e-3
+                rank: {low: 2, high: 4}
+                layers: {choices: [[0], [7]]}
+          initial_points:
+            - {method: lora, knobs: {rank: 2, layers: [7]}}    # fails: the tiny model has 2 layers
+            - {method: full, knobs: {learning_rate: 3.0e-3}}   # learns
+            - {method: full, knobs: {learning_rate: 1.0e-4}}   # ~1/30 the rate: worse at rung 1, pruned
+        budget: {num_trials: 4, max_concurrent_trials: 1, max_consecutive_failures: 3}
+    """)
+    summary = api.submit(job)
+    return job, summary
+
+
+def test_summary_and_outputs(finished_job):
+    job, summary = finished_job
+    out = Path(summary["output_dir"])
+    assert summary["trials"]["failed"] == 1 and summary["trials"]["pruned"] >= 1
+    assert summary["method"] in ("full", "lora")
+    for name in ("summary.json", "trials.csv", "job.yaml", "optuna.db", "mlflow.db", "artifact/MANIFEST.json"):
+        assert (out / name).is_file(), name
+    states = {s: json.loads((out / "state" / f"{s}.json").read_text())["status"] for s in ("preprocess", "tune", "validate", "deploy")}
+    assert set(states.values()) == {"succeeded"}
+
+
+def test_mlflow_parent_child_hierarchy(finished_job):
+    from mlflow.tracking import MlflowClient
+
+    job, summary = finished_job
+    out = Path(summary["output_dir"])
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("itest")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.run_id == summary["mlflow_run_id"]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    by_status = {}
+    for c in children:
+        by_status.setdefault(c.data.tags["autotune.trial_status"], []).append(c)
+    assert len(by_status["failed"]) == 1 and len(by_status.get("pruned", [])) >= 1
+    failed = by_status["failed"][0]
+    assert failed.info.status == "FAILED"
+    assert "layer(s) [7] do not exist" in failed.data.tags["autotune.error"]
+    assert failed.data.params["lora.layers"] == "[7]"
+    assert all(c.info.status == "KILLED" for c in by_status["pruned"])
+    finished = by_status["finished"]
+    assert finished and all(c.info.status == "FINISHED" for c in finished)
+    history = client.get_metric_history(finished[0].info.run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # one value per rung, stepped
+    assert "trainable_params" in finished[0].data.metrics
+    # the parent carries the job, the space, the best trial, test metrics and the model
+    assert parent.data.params["best.method"] == summary["method"]
+    assert "test.accuracy" in parent.data.metrics and "baseline.majority_accuracy" in parent.data.metrics
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"job", "model", "search", "data"} <= arts
+    job_arts = {a.path for a in client.list_artifacts(parent.info.run_id, "job")}
+    assert job_arts == {"job/job.yaml", "job/search_space.json"}
+    mv = client.get_model_version_by_alias("itest", "champion")
+    assert mv.run_id == parent.info.run_id
+
+
+def test_optuna_study_persisted_with_states(finished_job):
+    import optuna
+
+    job, summary = finished_job
+    out = Path(summary["output_dir"])
+    study = optuna.load_study(study_name="itest", storage=f"sqlite:///{out / 'optuna.db'}")
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 4
+    assert states.count("FAIL") == 1 and states.count("PRUNED") >= 1 and states.count("COMPLETE") >= 1
+    assert all("ray_trial_id" in t.user_attrs for t in study.trials)
+    assert study.trials[0].params["method"] == "lora"  # enqueued initial points ran first
+
+
+def test_artifact_loads_with_plain_transformers_and_verifies(finished_job, tmp_path):
+    import shutil
+
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from autotune.artifact import ArtifactError, verify
+
+    job, summary = finished_job
+    art = Path(summary["artifact"])
+    files = {p.name for p in art.iterdir()}
+    assert "model.safetensors" in files and not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    verify(art)
+    model = AutoModelForSequenceClassification.from_pretrained(art, trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(art)
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    with torch.no_grad():
+        logits = model(**tok(["a great film", "an awful film"], return_tensors="pt", padding=True)).logits
+    assert logits.shape == (2, 2)
+    # a flipped byte is detected
+    bad = tmp_path / "bad"
+    shutil.copytree(art, bad)
+    blob = bytearray((bad / "model.safetensors").read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    (bad / "model.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ArtifactError, match="model.safetensors: sha256 does not match the manifest"):
+        verify(bad, load=False)
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "verify", str(bad), "--no-load"], capture_output=True, text=True)
+    assert proc.returncode == 5 and "Traceback" not in proc.stderr
+
+
+def test_consecutive_failures_stop_the_search(tiny_model_dir, synthetic_csv, tmp_path):
+    job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, """
+        search:
+          space:
+            methods:
+              lora: {layers: [9], rank: {low: 2, high: 8}}
+        budget: {num_trials: 6, max_concurrent_trials: 1, max_consecutive_failures: 2}
+    """, name="allfail")
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "submit", str(job)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert "the search stopped after 2 consecutive failed trials (budget.max_consecutive_failures=2)" in proc.stderr
+    assert "lora.layers: layer(s) [9] do not exist" in proc.stderr
