@@ -155,7 +155,7 @@ def _print_summary(console, s: dict[str, Any]) -> None:
     table = Table(title=f"AutoTune job '{s['job']}' finished in {s['seconds']:.0f} s", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    knobs = ", ".join(f"{k}={v}" for k, v in s["knobs"].items())
+    knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["knobs"].items())
     lo, hi = s["test_accuracy_ci"]
     val_key = next(k for k in s if k.startswith("val_"))
     rows = [

@@ -4,6 +4,7 @@ They run in the driver process, so MLflow and the console have one writer each."
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     run_id: str | None = None
+    last_step: int = 0  # highest rung already logged to MLflow (a restored trial may replay some)
     started: float = field(default_factory=time.time)
     ended: float | None = None
 
@@ -47,17 +49,27 @@ def status_of(result: dict[str, Any]) -> str:
 
 
 def short_error(trial) -> str:
-    try:
-        err = trial.get_error()
-    except Exception:  # noqa: BLE001 - best effort: the error file may be gone
-        err = None
-    text = str(err) if err else "trial failed"
+    """`ErrorType: message` of what the trainable raised (Ray wraps it in a RayTaskError)."""
+    import cloudpickle
+
+    for path in (trial.pickled_error_file, ):
+        if path and os.path.isfile(path):
+            try:
+                with open(path, "rb") as fh:
+                    exc = cloudpickle.load(fh)
+                cause = getattr(exc, "cause", None) or exc
+                return f"{type(cause).__name__}: {cause}"[:500]
+            except Exception:  # noqa: BLE001 - fall back to the text trace
+                pass
+    text = ""
+    if trial.error_file and os.path.isfile(trial.error_file):
+        with open(trial.error_file) as fh:
+            text = fh.read()
     lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
-    # the cause is the last "SomethingError: message" line of Ray's wrapped traceback
-    for line in reversed(lines):
+    for line in reversed(lines):  # the cause is the last "SomethingError: message" line of the trace
         if ("Error" in line or "Failed" in line or "Exception" in line) and ":" in line:
             return line[:500]
-    return (lines[-1] if lines else text)[:500]
+    return (lines[-1] if lines else "trial failed")[:500]
 
 
 class TrialBook(Callback):
@@ -91,23 +103,33 @@ class TrialBook(Callback):
             rec = TrialRecord(trial.trial_id, trial_number(trial.config), method, knobs)
             self.records[trial.trial_id] = rec
         rec.status = "running"
-        if self.tracker is not None and rec.run_id is None:
+        if self.tracker is None:
+            return
+        created = False
+        if rec.run_id is None:
             rec.run_id, created = self.tracker.child_for_trial(
-                self.parent, trial.trial_id, f"trial-{rec.number:03d}-{method}", {STATUS_TAG: "running", "autotune.method": method}
+                self.parent, trial.trial_id, f"trial-{rec.number:03d}-{method}",
+                {STATUS_TAG: "running", "autotune.method": method},
             )
-            if created:
-                self.tracker.log_params(rec.run_id, {"trial_number": rec.number, "method": method,
-                                                     **{f"{method}.{k}": v for k, v in knobs.items()}})
-        elif self.tracker is not None:
+        else:
             self.tracker.reopen(rec.run_id)
+        if created:
+            self.tracker.log_params(rec.run_id, {"trial_number": rec.number, "method": method,
+                                                 **{f"{method}.{k}": v for k, v in knobs.items()}})
+        else:  # a trial restored after a crash or retried: do not log its replayed rungs twice
+            history = self.tracker.metric_history(rec.run_id, "val_loss")
+            rec.last_step = max((m.step for m in history), default=0)
+        self.tracker.set_tags(rec.run_id, {STATUS_TAG: "running"})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         rec = self.records.get(trial.trial_id)
         if rec is None:
             return
         rec.metrics = {k: result[k] for k in (*LOGGED_METRICS, "rung", "total_rungs") if k in result}
-        if self.tracker is not None and rec.run_id:
-            self.tracker.log_metrics(rec.run_id, {k: result[k] for k in LOGGED_METRICS if k in result}, step=int(result.get("rung", 0)))
+        step = int(result.get("rung", 0))
+        if self.tracker is not None and rec.run_id and step > rec.last_step:
+            self.tracker.log_metrics(rec.run_id, {k: result[k] for k in LOGGED_METRICS if k in result}, step=step)
+            rec.last_step = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rec = self.records.get(trial.trial_id)

@@ -45,17 +45,34 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
 
     torch.manual_seed(spec.seed)  # same head init for every trial of the job
     model = build_model(spec.model, spec.labels)
+    restored, start_step = _restore(tune.get_checkpoint())
     calib = []
-    if getattr(params, "selection", None) == "gradient":
+    if restored is None and getattr(params, "selection", None) == "gradient":
         calib = list(batches(data["train"], spec.training.batch_size))[:4]
-    prepared = method.apply(model, params, ApplyContext(seed=spec.seed, calibration_batches=calib))
+    prepared = method.apply(model, params, ApplyContext(seed=spec.seed, calibration_batches=calib,
+                                                        restore_state=restored))
+    if restored is not None:  # a retried or resumed trial continues from its last rung
+        prepared.load_trainable_state(restored)
 
     def on_rung(metrics: dict[str, float], rung: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_file(prepared.trainable_state(), os.path.join(tmp, STATE_FILE))
             with open(os.path.join(tmp, RECORD_FILE), "w") as fh:
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
-                           "metrics": metrics}, fh)
+                       "step": int(metrics["step"]), "metrics": metrics}, fh)
             tune.report(dict(metrics, method=method_name), checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(prepared, data, spec.training, params.learning_rate, spec.seed, on_rung)
+    train(prepared, data, spec.training, params.learning_rate, spec.seed, on_rung, start_step=start_step)
+
+
+def _restore(checkpoint) -> tuple[dict | None, int]:
+    """(trainable state, step) from a Tune checkpoint, or (None, 0) for a fresh trial."""
+    if checkpoint is None:
+        return None, 0
+    from safetensors.torch import load_file
+
+    with checkpoint.as_directory() as d:
+        state = load_file(os.path.join(d, STATE_FILE))
+        with open(os.path.join(d, RECORD_FILE)) as fh:
+            record = json.load(fh)
+    return state, int(record["step"])

@@ -118,12 +118,18 @@ def init_ray(job: ResolvedJob, address: str | None) -> None:
 
     import ray
 
+    # Tune logs each failed trial with Ray's full traceback; our callback reports the cause in one line
+    # (console, MLflow tag, trials.csv) and the full trace stays in the trial's error.txt.
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or job.config.ray.address
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TBX loggers per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
+    # save the experiment state (trials, searcher, scheduler) often: it is what `autotune resume` restores
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
@@ -173,10 +179,12 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
-        # callbacks are not part of the saved state: attach this driver's book again
-        tuner._local_tuner._run_config.callbacks = [book]
-        tuner._local_tuner._run_config.stop = guard
+        # callbacks and stoppers are driver-local (MLflow client, console): attach this driver's own
+        run_cfg = tuner._local_tuner.get_run_config()
+        run_cfg.callbacks = [book]
+        run_cfg.stop = guard
         _seed_book_from_tracker(book, tracker, parent_run_id)
+        _fail_orphaned_optuna_trials(storage_url, study_name, exp_path)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -232,3 +240,26 @@ def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
         rec = TrialRecord(trial_id, number, method, knobs, status=status, run_id=run.info.run_id,
                           metrics=dict(run.data.metrics), error=run.data.tags.get("autotune.error"))
         book.records[trial_id] = rec
+
+
+def _fail_orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str) -> None:
+    """A driver killed between asking Optuna for a trial and saving Tune's experiment state leaves an Optuna
+    trial RUNNING that no Ray trial will ever finish. Mark those FAIL so the study stays truthful."""
+    import glob
+    import pickle
+
+    import optuna
+    from optuna.trial import TrialState
+
+    known: set[str] = set()
+    for path in glob.glob(os.path.join(exp_path, "searcher-state-*.pkl")):
+        try:
+            with open(path, "rb") as fh:
+                known |= set(pickle.load(fh).get("_ot_trials", {}))
+        except Exception:  # noqa: BLE001 - an unreadable searcher state means: trust nothing
+            pass
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if t.user_attrs.get("ray_trial_id") not in known:
+            study._storage.set_trial_user_attr(t._trial_id, "autotune.orphaned", True)
+            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

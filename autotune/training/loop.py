@@ -90,10 +90,12 @@ def rung_steps(n_train: int, cfg: TrainingConfig) -> tuple[int, list[int]]:
 
 
 def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learning_rate: float, seed: int,
-          on_rung: Callable[[dict[str, float], int], None]) -> dict[str, float]:
+          on_rung: Callable[[dict[str, float], int], None], start_step: int = 0) -> dict[str, float]:
     """Train `prepared.model` on data['train'], evaluating on data['validation'] at every rung.
 
     `on_rung(metrics, rung)` is called after each evaluation (the trial reports to Ray Tune there).
+    `start_step` > 0 continues a trial restored from its checkpoint: the data order and learning-rate
+    schedule pick up where they were (AdamW's moments restart from zero: checkpoints hold weights only).
     Raises TrialFailed on a non-finite loss. Returns the last metrics.
     """
     import torch
@@ -104,7 +106,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
     n_train = len(train_split["labels"])
     total_steps, rungs = rung_steps(n_train, cfg)
     optimizer = torch.optim.AdamW(prepared.param_groups(cfg.weight_decay), lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(int(cfg.warmup_ratio * total_steps), total_steps))
+    lr_factor = schedule(int(cfg.warmup_ratio * total_steps), total_steps)
     order_gen = torch.Generator().manual_seed(seed)  # same data order for every trial of a job: a fair race
 
     trainable = prepared.trainable_params
@@ -114,6 +116,11 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
     while step < total_steps:
         order = torch.randperm(n_train, generator=order_gen).tolist()
         for batch in batches(train_split, cfg.batch_size, order):
+            if step < start_step:  # restored trial: replay the data order without training
+                step += 1
+                continue
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate * lr_factor(step)
             model.train()
             loss = model(**batch).loss
             loss_value = loss.item()
@@ -123,7 +130,6 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
             optimizer.step()
-            scheduler.step()
             prepared.after_optimizer_step(step)
             step += 1
             seen += len(batch["labels"])
