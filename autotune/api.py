@@ -126,27 +126,25 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
-    t, v, d = ctx.results["tune"], ctx.results["validate"], ctx.results.get("deploy")
-    return {
-        "job": ctx.job.config.name,
-        "seconds": round(seconds, 1),
-        "best_trial": f"trial {t.best_number} (Ray {t.best_trial_id})",
-        "method": t.best_method,
-        "knobs": t.best_knobs,
-        "trainable_params": t.best_metrics.get("trainable_params"),
-        "val_" + ctx.job.config.objective.metric.removeprefix("val_"): t.best_metrics.get(ctx.job.config.objective.metric),
-        "test_accuracy": v.test_accuracy,
-        "test_accuracy_ci": v.test_accuracy_ci,
-        "test_macro_f1": v.test_macro_f1,
-        "majority_baseline": v.majority_accuracy,
-        "head_baseline": v.head_accuracy,
-        "trials": t.counts,
-        "artifact": d.artifact_dir if d else None,
-        "registered": f"{d.registered_model} v{d.version} ({', '.join(d.aliases)})" if d and d.version else None,
-        "output_dir": str(ctx.out),
-        "tracking_uri": redact(uri),
-        "mlflow_run_id": ctx.parent_run_id,
-    }
+    t, v, d = ctx.results.get("tune"), ctx.results.get("validate"), ctx.results.get("deploy")
+    metric = ctx.job.config.objective.metric
+    s: dict[str, Any] = {"job": ctx.job.config.name, "seconds": round(seconds, 1), "output_dir": str(ctx.out),
+                         "tracking_uri": redact(uri), "mlflow_run_id": ctx.parent_run_id}
+    if t is not None:
+        s.update({
+            "best_trial": f"trial {t.best_number} (Ray {t.best_trial_id})", "method": t.best_method,
+            "knobs": t.best_knobs, "trainable_params": t.best_metrics.get("trainable_params"),
+            "objective": metric, "objective_value": t.best_metrics.get(metric), "trials": t.counts,
+        })
+    if v is not None:
+        s.update({"test_accuracy": v.test_accuracy, "test_accuracy_ci": v.test_accuracy_ci,
+                  "test_macro_f1": v.test_macro_f1, "majority_baseline": v.majority_accuracy,
+                  "head_baseline": v.head_accuracy})
+    if d is not None:
+        s.update({"artifact": d.artifact_dir,
+                  "registered": f"{d.registered_model} v{d.version} ({', '.join(d.aliases)})" if d.version else None,
+                  "int8_test_accuracy": d.int8_test_accuracy})
+    return s
 
 
 def _print_summary(console, s: dict[str, Any]) -> None:
@@ -155,22 +153,26 @@ def _print_summary(console, s: dict[str, Any]) -> None:
     table = Table(title=f"AutoTune job '{s['job']}' finished in {s['seconds']:.0f} s", show_header=False)
     table.add_column(style="bold")
     table.add_column()
-    knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["knobs"].items())
-    lo, hi = s["test_accuracy_ci"]
-    val_key = next(k for k in s if k.startswith("val_"))
-    rows = [
-        ("best trial", f"{s['best_trial']}: {s['method']} ({knobs})"),
-        ("trainable params", f"{int(s['trainable_params'] or 0):,}"),
-        (val_key.replace("_", " "), f"{s[val_key]:.4f}"),
-        ("test accuracy", f"{s['test_accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {s['test_macro_f1']:.4f}"),
-        ("baselines", f"majority {s['majority_baseline']:.4f}, head-only "
-                      + ("n/a" if s["head_baseline"] is None else f"{s['head_baseline']:.4f}")),
-        ("trials", ", ".join(f"{k} {v}" for k, v in s["trials"].items())),
-        ("artifact", str(s["artifact"])),
-        ("registered", str(s["registered"])),
-        ("MLflow", f"{s['tracking_uri']}  (run {s['mlflow_run_id']})"),
-        ("browse", f"autotune ui {s['output_dir']}"),
-    ]
+    rows = []
+    if "method" in s:
+        knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["knobs"].items())
+        rows += [
+            ("best trial", f"{s['best_trial']}: {s['method']} ({knobs})"),
+            ("trainable params", f"{int(s['trainable_params'] or 0):,}"),
+            (s["objective"].replace("_", " "), f"{s['objective_value']:.4f}"),
+            ("trials", ", ".join(f"{k} {v}" for k, v in s["trials"].items())),
+        ]
+    if "test_accuracy" in s:
+        lo, hi = s["test_accuracy_ci"]
+        head = "n/a" if s["head_baseline"] is None else f"{s['head_baseline']:.4f}"
+        rows += [
+            ("test accuracy", f"{s['test_accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {s['test_macro_f1']:.4f}"),
+            ("baselines", f"majority class {s['majority_baseline']:.4f}, head-only {head}"),
+        ]
+    if "artifact" in s:
+        int8 = "" if s.get("int8_test_accuracy") is None else f"  (int8 copy: test accuracy {s['int8_test_accuracy']:.4f})"
+        rows += [("artifact", f"{s['artifact']}{int8}"), ("registered", str(s["registered"]))]
+    rows += [("MLflow", f"{s['tracking_uri']}  (run {s['mlflow_run_id']})"), ("browse", f"autotune ui {s['output_dir']}")]
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)

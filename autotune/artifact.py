@@ -30,8 +30,10 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_artifact(model, tokenizer, out: Path, card: str) -> dict:
-    """Write the artifact directory; returns the manifest."""
+def save_artifact(model, tokenizer, out: Path, card: str, extra_files: list[Path] = ()) -> dict:
+    """Write the artifact directory (plus `extra_files`, copied in); returns the manifest."""
+    import shutil
+
     import autotune.training.modeling_autotune as modeling
 
     out.mkdir(parents=True, exist_ok=True)
@@ -44,6 +46,8 @@ def save_artifact(model, tokenizer, out: Path, card: str) -> dict:
     source += f"\n\nfrom transformers import {cfg_cls} as _ConfigClass  # noqa: E402\n\nAutotuneForSequenceClassification.config_class = _ConfigClass\n"
     (out / MODELING).write_text(source)
     (out / "README.md").write_text(card)
+    for extra in extra_files:
+        shutil.copy2(extra, out / Path(extra).name)
     for stray in out.glob("*.bin"):
         stray.unlink()  # belt and braces: nothing pickled ships
     files = sorted(p for p in out.rglob("*") if p.is_file() and p.name != MANIFEST)

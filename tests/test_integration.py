@@ -49,6 +49,7 @@ def finished_job(tiny_model_dir, synthetic_csv, tmp_path_factory):
             - {method: full, knobs: {learning_rate: 3.0e-3}}   # learns
             - {method: full, knobs: {learning_rate: 1.0e-4}}   # ~1/30 the rate: worse at rung 1, pruned
         budget: {num_trials: 4, max_concurrent_trials: 1, max_consecutive_failures: 3}
+        deploy: {int8: true}
     """)
     summary = api.submit(job)
     return job, summary
@@ -163,3 +164,62 @@ def test_consecutive_failures_stop_the_search(tiny_model_dir, synthetic_csv, tmp
     assert "Traceback" not in proc.stderr
     assert "the search stopped after 2 consecutive failed trials (budget.max_consecutive_failures=2)" in proc.stderr
     assert "lora.layers: layer(s) [9] do not exist" in proc.stderr
+
+
+def test_status_command(finished_job):
+    job, summary = finished_job
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "status", summary["output_dir"], "--json"],
+                          capture_output=True, text=True, check=True)
+    info = json.loads(proc.stdout)
+    assert info["stages"] == {"preprocess": "succeeded", "tune": "succeeded", "validate": "succeeded", "deploy": "succeeded"}
+    assert info["trials"]["failed"] == 1 and sum(info["trials"].values()) == 4
+    assert info["best"]["metric"] == "val_loss"
+
+
+def test_deployed_predictions_equal_validate(finished_job):
+    job, summary = finished_job
+    deploy = json.loads((Path(summary["output_dir"]) / "state" / "deploy.json").read_text())
+    assert deploy["outputs"]["predictions_match_validate"] is True
+    # the int8 copy is listed in the manifest, smaller, and loads with an accuracy recorded
+    from autotune.quantize import load_int8
+
+    out = deploy["outputs"]
+    assert out["int8_weights_bytes"] < out["float_weights_bytes"]
+    assert 0.0 <= out["int8_test_accuracy"] <= 1.0
+    manifest = json.loads((Path(summary["artifact"]) / "MANIFEST.json").read_text())
+    assert "model.int8.safetensors" in manifest["files"]
+    load_int8(Path(summary["artifact"]))
+    card = (Path(summary["artifact"]) / "README.md").read_text()
+    assert "accuracy" in card and summary["method"] in card
+
+
+def test_champion_comparison_and_failed_gate(finished_job, tiny_model_dir, synthetic_csv, tmp_path):
+    """A second job on the same registry compares itself with the champion; a failed gate exits 3,
+    skips deploy, leaves the champion alone and records why on the parent run."""
+    from mlflow.tracking import MlflowClient
+
+    job, summary = finished_job
+    store = f"sqlite:///{Path(summary['output_dir']) / 'mlflow.db'}"
+    job2 = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, f"""
+        search:
+          space:
+            methods:
+              head: {{learning_rate: 1.0e-2}}
+        budget: {{num_trials: 1, max_concurrent_trials: 1}}
+        tracking: {{uri: "{store}", registered_model: itest}}
+        validate: {{min_improvement: 0.5}}
+    """, name="challenger")
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "submit", str(job2)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert "validation gate failed, deploy skipped: improvement over champion v1" in proc.stderr
+    assert "must be >= 0.5" in proc.stderr and "Traceback" not in proc.stderr
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name("challenger")
+    parent = [r for r in client.search_runs([exp.experiment_id]) if "mlflow.parentRunId" not in r.data.tags][0]
+    assert parent.data.tags["autotune.gates"] == "failed"
+    assert "must be >= 0.5" in parent.data.tags["autotune.gate_failure"]
+    assert "champion.diff" in parent.data.metrics and "champion.accuracy" in parent.data.metrics
+    assert client.get_model_version_by_alias("itest", "champion").version == "1"
+    deploy = json.loads((tmp_path / "out" / "state" / "deploy.json").read_text())
+    assert deploy["status"] == "skipped"

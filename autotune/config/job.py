@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autotune.config.space import SearchSpace
 
@@ -147,7 +147,10 @@ class ValidateConfig(Strict):
 
 class DeployConfig(Strict):
     register_model: bool = Field(True, description="Register the artifact in the MLflow Model Registry.")
-    int8: bool = Field(False, description="Also export an int8 dynamically quantized copy, with its accuracy.")
+    int8: bool = Field(False, description="Also ship a weight-only int8 copy (model.int8.safetensors), with its size and test accuracy.")
+
+
+STAGE_ORDER = ("preprocess", "tune", "validate", "deploy")
 
 
 class JobConfig(Strict):
@@ -155,6 +158,10 @@ class JobConfig(Strict):
     description: str | None = Field(None, description="Free text.")
     output_dir: str | None = Field(None, description="Where everything is written. null = runs/<name> under the current directory.")
     seed: int = Field(0, description="Seed of the sampler and of every trial.")
+    stages: list[Literal["preprocess", "tune", "validate", "deploy"]] = Field(
+        list(STAGE_ORDER), min_length=1,
+        description="Stages to run, in pipeline order; each needs the ones before it (e.g. [preprocess, tune]).",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
@@ -170,3 +177,13 @@ class JobConfig(Strict):
     deploy: DeployConfig = Field(default_factory=DeployConfig)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("stages")
+    @classmethod
+    def _stage_prefix(cls, stages):
+        if list(stages) != list(STAGE_ORDER[: len(stages)]):
+            raise ValueError(
+                f"must be the first stages of {list(STAGE_ORDER)}, in that order (each needs the ones "
+                f"before it) (got {list(stages)})"
+            )
+        return stages

@@ -31,6 +31,11 @@ def study_plots(ctx, result) -> list[Path]:
         ax2.scatter(max(1, r.metrics.get("trainable_params", 1)), v, **kw)
     if best_so_far:
         ax1.step(*zip(*best_so_far), where="post", color="black", lw=1, label="best so far")
+    front = pareto_front([(max(1, r.metrics.get("trainable_params", 1)), r.metrics[metric]) for r in rows
+                          if r.status != "failed"], maximize=ctx.job.config.objective.mode == "max")
+    if front:
+        ax2.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front")
+        ax2.legend(fontsize=7)
     for m, c in COLOURS.items():
         ax1.scatter([], [], color=c, label=m)
     for s, mk in MARKERS.items():
@@ -61,3 +66,13 @@ def study_plots(ctx, result) -> list[Path]:
         f"<th>trainable</th><th>knobs</th></tr>{table}</table></body></html>"
     )
     return [png, html]
+
+
+def pareto_front(points: list[tuple[float, float]], maximize: bool = True) -> list[tuple[float, float]]:
+    """Points not beaten by any point with fewer (or equal) trainable parameters, sorted by parameters."""
+    front, best = [], None
+    for params, value in sorted(points, key=lambda p: (p[0], -p[1] if maximize else p[1])):
+        if best is None or (value > best if maximize else value < best):
+            front.append((params, value))
+            best = value
+    return front

@@ -23,6 +23,10 @@ STAGE_IMPL: dict[str, tuple[Callable, type]] = {
 def run_stages(ctx: JobContext) -> None:
     inputs_hash = ctx.job.fingerprint()
     for name, (fn, result_type) in STAGE_IMPL.items():
+        if name not in ctx.job.config.stages:
+            ctx.store.save_stage(StageState(stage=name, status="skipped", inputs_hash=inputs_hash,
+                                            error="not in the job's stages"))
+            continue
         state = ctx.store.stage(name)
         if state.status == "succeeded" and state.inputs_hash == inputs_hash:
             ctx.results[name] = result_type.model_validate(state.outputs)
