@@ -67,3 +67,20 @@ def test_data_errors(tmp_path, content, kw, message):
     p.write_bytes(content)
     with pytest.raises(DataError, match=message):
         prepare(p, cfg(**kw))
+
+
+def test_tokenization_is_cached_by_fingerprint_tokenizer_and_length(tmp_path, tiny_model_dir, synthetic_csv):
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from autotune.training.model import tokenize_splits
+
+    data = prepare(synthetic_csv, cfg(text_column="review", label_column="sentiment"))
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    first, hit1 = tokenize_splits(data, tok, 16, tmp_path)
+    second, hit2 = tokenize_splits(data, tok, 16, tmp_path)
+    assert (hit1, hit2) == (False, True)
+    assert np.array_equal(first["train"]["input_ids"], second["train"]["input_ids"])
+    _, hit3 = tokenize_splits(data, tok, 24, tmp_path)  # another max_length is another entry
+    assert hit3 is False
+    assert first["train"]["input_ids"].shape == (len(data.splits["train"]), 16)

@@ -220,6 +220,6 @@ def test_champion_comparison_and_failed_gate(finished_job, tiny_model_dir, synth
     assert parent.data.tags["autotune.gates"] == "failed"
     assert "must be >= 0.5" in parent.data.tags["autotune.gate_failure"]
     assert "champion.diff" in parent.data.metrics and "champion.accuracy" in parent.data.metrics
-    assert client.get_model_version_by_alias("itest", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("itest", "champion").version) == "1"
     deploy = json.loads((tmp_path / "out" / "state" / "deploy.json").read_text())
     assert deploy["status"] == "skipped"

@@ -72,6 +72,10 @@ class BudgetConfig(Strict):
     max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once.")
     resources_per_trial: Resources = Field(default_factory=Resources)
     max_consecutive_failures: int = Field(3, ge=1, description="Stop the search after this many failed trials in a row.")
+    max_retries: int | None = Field(
+        None, ge=0,
+        description="Times a crashed trial is retried from its last checkpoint (a lost node, say). null = 1 on a Ray cluster, 0 locally.",
+    )
 
 
 class TrainingConfig(Strict):
@@ -134,6 +138,9 @@ class StorageConfig(Strict):
 
 class RayConfig(Strict):
     address: str | None = Field(None, description="Ray cluster address (auto, HOST:PORT, ray://...). null = local Ray.")
+    storage_path: str | None = Field(
+        None, description="Tune storage (checkpoints, experiment state) every node can reach. null = OUTPUT_DIR/ray."
+    )
     include_dashboard: bool = Field(False, description="Start Ray's dashboard with local Ray (bound to 127.0.0.1).")
 
 

@@ -147,7 +147,7 @@ def _champion(ctx: JobContext, correct, test) -> dict[str, Any] | None:
     idx = rng.integers(0, len(correct), size=(ctx.job.config.validate_stage.bootstrap_samples, len(correct)))
     diffs = correct[idx].mean(1) - champ_correct[idx].mean(1)  # paired: same resampled examples
     lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"version": version.version, "accuracy": float(champ_correct.mean()), "diff": diff,
+    return {"version": str(version.version), "accuracy": float(champ_correct.mean()), "diff": diff,
             "diff_ci": (float(lo), float(hi))}
 
 

@@ -37,6 +37,7 @@ class TrialRecord:
     error: str | None = None
     run_id: str | None = None
     last_step: int = 0  # highest rung already logged to MLflow (a restored trial may replay some)
+    node: str | None = None  # node id the trial last reported from
     started: float = field(default_factory=time.time)
     ended: float | None = None
 
@@ -103,6 +104,9 @@ class TrialBook(Callback):
             rec = TrialRecord(trial.trial_id, trial_number(trial.config), method, knobs)
             self.records[trial.trial_id] = rec
         rec.status = "running"
+        if self.console is not None:
+            knob_txt = " ".join(f"{k}={_fmt(v)}" for k, v in knobs.items())
+            self.console.print(f"[dim]      trial {rec.number:>3} {method:<6} started   {knob_txt}[/]", highlight=False)
         if self.tracker is None:
             return
         created = False
@@ -127,6 +131,13 @@ class TrialBook(Callback):
             return
         rec.metrics = {k: result[k] for k in (*LOGGED_METRICS, "rung", "total_rungs") if k in result}
         step = int(result.get("rung", 0))
+        if self.tracker is not None and rec.run_id and result.get("node_id") and result["node_id"] != rec.node:
+            rec.node = result["node_id"]  # where it ran (again after a retry on another node)
+            self.tracker.set_tags(rec.run_id, {"autotune.node_id": rec.node, "autotune.node_ip": result.get("node_ip")})
+        if self.console is not None and self.metric in result:
+            self.console.print(
+                f"[dim]      trial {rec.number:>3} {rec.method:<6} rung {step}/{result.get('total_rungs', '?')} "
+                f"{self.metric}={result[self.metric]:.4f} ({result.get('seconds', 0):.0f} s)[/]", highlight=False)
         if self.tracker is not None and rec.run_id and step > rec.last_step:
             self.tracker.log_metrics(rec.run_id, {k: result[k] for k in LOGGED_METRICS if k in result}, step=step)
             rec.last_step = step

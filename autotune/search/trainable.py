@@ -54,13 +54,17 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     if restored is not None:  # a retried or resumed trial continues from its last rung
         prepared.load_trainable_state(restored)
 
+    import ray
+
+    where = {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
+
     def on_rung(metrics: dict[str, float], rung: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             save_file(prepared.trainable_state(), os.path.join(tmp, STATE_FILE))
             with open(os.path.join(tmp, RECORD_FILE), "w") as fh:
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
                        "step": int(metrics["step"]), "metrics": metrics}, fh)
-            tune.report(dict(metrics, method=method_name), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(dict(metrics, method=method_name, **where), checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(prepared, data, spec.training, params.learning_rate, spec.seed, on_rung, start_step=start_step)
 

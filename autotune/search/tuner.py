@@ -113,6 +113,11 @@ def make_scheduler(job: ResolvedJob, total_rungs: int):
     return AsyncHyperBandScheduler(**kwargs)
 
 
+def ray_address(job: ResolvedJob, address: str | None) -> str | None:
+    """Precedence: --address, then RAY_ADDRESS, then ray.address in the job file; none = local Ray."""
+    return address or os.environ.get("RAY_ADDRESS") or job.config.ray.address
+
+
 def init_ray(job: ResolvedJob, address: str | None) -> None:
     import logging
 
@@ -124,7 +129,7 @@ def init_ray(job: ResolvedJob, address: str | None) -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or job.config.ray.address
+    address = ray_address(job, address)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/JSON/TBX loggers per trial
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
@@ -165,7 +170,10 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         tune.with_parameters(run_trial, spec=spec, data=tokenized),
         {"cpu": cfg.budget.resources_per_trial.cpu, "gpu": cfg.budget.resources_per_trial.gpu},
     )
-    storage_path = str(job.output_dir / "ray")
+    storage_path = cfg.ray.storage_path or str(job.output_dir / "ray")
+    retries = cfg.budget.max_retries
+    if retries is None:
+        retries = 1 if ray_address(job, address) else 0
     exp_path = os.path.join(storage_path, "tune")
     run_config = tune.RunConfig(
         name="tune",
@@ -174,7 +182,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         callbacks=[book],
         stop=guard,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        failure_config=tune.FailureConfig(max_failures=0),
+        failure_config=tune.FailureConfig(max_failures=retries),
     )
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
