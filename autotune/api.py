@@ -20,7 +20,11 @@ def validate(job_path: str | Path) -> ResolvedJob:
 
 
 def tracking_uri(job: ResolvedJob) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or job.config.tracking.uri or f"sqlite:///{job.output_dir / 'mlflow.db'}"
+    """Precedence: MLFLOW_TRACKING_URI, then tracking.uri in the job file, then a sqlite store in OUTPUT_DIR."""
+    from autotune.redact import usable
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or job.config.tracking.uri or f"sqlite:///{job.output_dir / 'mlflow.db'}"
+    return usable(uri, "tracking.uri", "MLFLOW_TRACKING_URI")
 
 
 def _console():
@@ -29,8 +33,22 @@ def _console():
     return Console(highlight=False)
 
 
+def doctor(job_path: str | Path, address: str | None = None):
+    """Check every configured engine; returns the list of checks (nothing is started or written)."""
+    from autotune.doctor import check_all
+
+    return check_all(load_job(job_path), address)
+
+
+def _preflight(job: ResolvedJob, address: str | None) -> None:
+    from autotune.doctor import check_all, raise_first_failure
+
+    raise_first_failure(check_all(job, address))
+
+
 def submit(job_path: str | Path, address: str | None = None, force: bool = False, console=None) -> dict[str, Any]:
     job = load_job(job_path)
+    _preflight(job, address)
     store = StateStore(job.output_dir)
     if store.job() is not None:
         if not force:
@@ -45,10 +63,11 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
     job.output_dir.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    (job.output_dir / "job.yaml").write_text(
-        "# resolved by autotune submit: defaults filled in, search space inlined; `autotune resume` reads this\n"
+    (job.output_dir / "job.yaml").write_text(redact(
+        "# resolved by autotune submit: defaults filled in, search space inlined, passwords masked;\n"
+        "# `autotune resume` reads this\n"
         + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
-    )
+    ))
     return _run(load_job(job.output_dir / "job.yaml"), store, address, resume=False, console=console)
 
 
@@ -57,7 +76,9 @@ def resume(output_dir: str | Path, address: str | None = None, console=None) -> 
     store = StateStore(out)
     if store.job() is None or not (out / "job.yaml").is_file():
         raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json or job.yaml)"])
-    return _run(load_job(out / "job.yaml"), store, address, resume=True, console=console)
+    job = load_job(out / "job.yaml")
+    _preflight(job, address)
+    return _run(job, store, address, resume=True, console=console)
 
 
 def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:

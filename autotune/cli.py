@@ -1,7 +1,8 @@
 """`autotune` command line: parse arguments, call autotune.api, map errors to exit codes. No logic here.
 
 Exit codes: 0 ok, 1 stage failure, 2 bad input (job file or data), 3 validation gate failed,
-4 too many failed trials, 5 artifact verification failed, 130 interrupted."""
+4 too many failed trials, 5 artifact verification failed, 6 Ray cluster unusable, 7 Optuna storage unusable,
+8 MLflow tracking server unusable, 130 interrupted."""
 
 from __future__ import annotations
 
@@ -40,6 +41,26 @@ def validate(job: Path = typer.Argument(..., help="Job YAML file.")) -> None:
     methods = ", ".join(f"{m} ({len(k)} knobs)" for m, k in resolved.space.methods.items())
     typer.echo(f"{job}: ok - job '{resolved.config.name}', methods: {methods}; "
                f"{resolved.config.budget.num_trials} trials -> {resolved.output_dir}")
+
+
+@app.command()
+def doctor(
+    job: Path = typer.Argument(..., help="Job YAML file."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to check instead of the job's."),
+) -> None:
+    """Check that each configured engine (Ray, Optuna storage, MLflow) answers and accepts our credentials."""
+    from autotune import api
+
+    try:
+        checks = api.doctor(job, address=address)
+    except AutotuneError as exc:
+        _fail(exc)
+    for c in checks:
+        mark = "ok  " if c.ok else "FAIL"
+        typer.echo(f"{mark} {c.engine:<7} {c.target}  ({c.seconds:.1f} s) {c.detail}", err=not c.ok)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise typer.Exit(failed[0].error_type.exit_code)
 
 
 @app.command()

@@ -49,3 +49,21 @@ class TooManyFailures(StageError):
     """The search stopped because too many trials failed one after another."""
 
     exit_code = 4
+
+
+class EngineError(AutotuneError):
+    """An external engine (Ray cluster, Optuna storage, MLflow server) does not answer or refuses us."""
+
+    exit_code = 6
+
+
+class RayEngineError(EngineError):
+    exit_code = 6
+
+
+class OptunaEngineError(EngineError):
+    exit_code = 7
+
+
+class TrackingEngineError(EngineError):
+    exit_code = 8

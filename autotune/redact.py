@@ -11,3 +11,19 @@ _QUERY_SECRET = re.compile(r"(?P<key>(?:password|passwd|pwd|token|secret)=)[^&\s
 def redact(text: str) -> str:
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}***", text)
+
+
+def is_redacted(url: str) -> bool:
+    return ":***@" in url or "=***" in url
+
+
+def usable(url: str, setting: str, env: str) -> str:
+    """A URL read back from a file we wrote has its password masked: say where the secret must come from."""
+    if is_redacted(url):
+        from autotune.errors import ConfigError
+
+        raise ConfigError([
+            f"{setting}: the password in {url} was masked when the job was saved; set {env} to the full URL, "
+            "or keep the password out of URLs (PGPASSWORD / ~/.pgpass, MLFLOW_TRACKING_USERNAME/PASSWORD)"
+        ])
+    return url

@@ -26,8 +26,11 @@ class SearchOutcome:
 
 
 def optuna_storage_url(job: ResolvedJob) -> str:
+    """Precedence: AUTOTUNE_OPTUNA_STORAGE, then storage.optuna_url in the job file, then OUTPUT_DIR/optuna.db."""
+    from autotune.redact import usable
+
     url = os.environ.get("AUTOTUNE_OPTUNA_STORAGE") or job.config.storage.optuna_url
-    return url or f"sqlite:///{job.output_dir / 'optuna.db'}"
+    return usable(url or f"sqlite:///{job.output_dir / 'optuna.db'}", "storage.optuna_url", "AUTOTUNE_OPTUNA_STORAGE")
 
 
 def make_sampler(job: ResolvedJob):
