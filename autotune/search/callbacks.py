@@ -177,7 +177,9 @@ class TrialBook(Callback):
         if not done:
             return None
         sign = 1 if self.mode == "max" else -1
-        return max(done, key=lambda r: (r.status == "finished", sign * r.metrics[self.metric]))
+        # full-length trials first, then the objective, then - on a tie - fewer trainable parameters
+        return max(done, key=lambda r: (r.status == "finished", sign * r.metrics[self.metric],
+                                        -r.metrics.get("trainable_params", 0)))
 
     def _print(self, rec: TrialRecord) -> None:
         done = sum(r.status != "running" for r in self.records.values())
