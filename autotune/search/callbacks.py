@@ -38,6 +38,7 @@ class TrialRecord:
     run_id: str | None = None
     last_step: int = 0  # highest rung already logged to MLflow (a restored trial may replay some)
     node: str | None = None  # node id the trial last reported from
+    node_ips: list[str] = field(default_factory=list)  # every node it ran on, in order (a retry adds one)
     started: float = field(default_factory=time.time)
     ended: float | None = None
 
@@ -133,7 +134,9 @@ class TrialBook(Callback):
         step = int(result.get("rung", 0))
         if self.tracker is not None and rec.run_id and result.get("node_id") and result["node_id"] != rec.node:
             rec.node = result["node_id"]  # where it ran (again after a retry on another node)
-            self.tracker.set_tags(rec.run_id, {"autotune.node_id": rec.node, "autotune.node_ip": result.get("node_ip")})
+            rec.node_ips.append(str(result.get("node_ip")))
+            self.tracker.set_tags(rec.run_id, {"autotune.node_id": rec.node, "autotune.node_ip": result.get("node_ip"),
+                                               "autotune.nodes": ",".join(rec.node_ips)})
         if self.console is not None and self.metric in result:
             self.console.print(
                 f"[dim]      trial {rec.number:>3} {rec.method:<6} rung {step}/{result.get('total_rungs', '?')} "
