@@ -80,6 +80,7 @@ scheduler: {{kind: fifo}}
         trial_wall = [r["seconds"] for r in trials if r["seconds"]]
         train_secs = [r["metrics"]["seconds"] for r in trials]
         tune_stage = state["seconds"]
+        ray_init = state["ray_init_seconds"]
 
         # the same trials, directly: build model, apply method, train, in one process, one after another
         from autotune.config.job import ModelConfig, TrainingConfig
@@ -107,9 +108,11 @@ scheduler: {{kind: fifo}}
         "submit_wall_s": search_wall, "tune_stage_s": tune_stage,
         "median_trial_wall_s": med(trial_wall), "median_in_trial_train_s": med(train_secs),
         "median_direct_trial_s": med(direct),
-        "median_overhead_per_trial_s": med(trial_wall) - med(direct),
-        "tune_stage_per_trial_s": tune_stage / args.trials,
+        "ray_init_s": ray_init,
+        # wall seconds one trial occupies a slot, Ray start excluded: (stage - init) x slots / trials
+        "slot_seconds_per_trial_s": (tune_stage - ray_init) * args.concurrency / args.trials,
     }
+    result["overhead_per_trial_s"] = result["slot_seconds_per_trial_s"] - result["median_direct_trial_s"]
     table = Table(title=f"per-trial overhead, {args.trials} head-only trials on a tiny model, concurrency {args.concurrency}")
     table.add_column("measure")
     table.add_column("seconds", justify="right")

@@ -107,6 +107,9 @@ class Stack:
                             "-m", "immediate", "-w", "stop"], capture_output=True)
         if self.netns:
             subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)
+        recorded = Path("/tmp/ray/ray_current_cluster")  # `ray start --head` records its address here
+        if recorded.is_file() and recorded.read_text().strip() == f"{self.head_ip}:{self.ray_port}":
+            recorded.unlink()
         self.timings["down_s"] = time.time() - t0
         shutil.rmtree(self.root, ignore_errors=True)
 

@@ -111,7 +111,7 @@ def _log_dataset_input(ctx: JobContext, result: PreprocessResult) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
         ds = mlflow.data.from_pandas(df, source=str(train_path), name=f"{ctx.job.config.name}-train", targets="label")
-    entity = ds._to_mlflow_entity()
+        entity = ds._to_mlflow_entity()  # schema inference warns about integer columns: labels have no NaN
     ctx.tracker.client.log_inputs(
         ctx.parent_run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])]
     )

@@ -38,6 +38,7 @@ class TuneResult(BaseModel):
     storage_url: str
     experiment_path: str
     seconds: float
+    ray_init_seconds: float = 0.0
     trials: list[TrialRow]
 
 
@@ -71,7 +72,8 @@ def run(ctx: JobContext) -> TuneResult:
         best_metrics={k: float(v) for k, v in best.metrics.items()}, best_checkpoint=outcome.best_checkpoint,
         head_checkpoint=outcome.checkpoints.get(head.trial_id) if head else None,
         head_knobs=head.knobs if head else None, counts=counts, study_name=outcome.study_name,
-        storage_url=redact(outcome.storage_url), experiment_path=outcome.experiment_path, seconds=seconds, trials=rows,
+        storage_url=redact(outcome.storage_url), experiment_path=outcome.experiment_path, seconds=seconds,
+        ray_init_seconds=outcome.ray_init_seconds, trials=rows,
     )
     _log(ctx, result)
     return result

@@ -23,6 +23,7 @@ class SearchOutcome:
     study_name: str
     storage_url: str
     experiment_path: str
+    ray_init_seconds: float
 
 
 def optuna_storage_url(job: ResolvedJob) -> str:
@@ -142,6 +143,7 @@ def init_ray(job: ResolvedJob, address: str | None) -> None:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
         ray.init(
+            address="local",  # always a fresh local instance, never a cluster some `ray start` left recorded
             include_dashboard=job.config.ray.include_dashboard,
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
@@ -158,8 +160,12 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     from autotune.search.trainable import TrialSpec, run_trial
     from autotune.training.loop import rung_steps
 
+    import time
+
     cfg = job.config
+    t0 = time.perf_counter()
     init_ray(job, address)
+    ray_init_seconds = time.perf_counter() - t0
     _, rungs = rung_steps(len(tokenized["train"]["labels"]), cfg.training)
     total_rungs = len(rungs)
     storage_url = optuna_storage_url(job)
@@ -229,7 +235,8 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     if best is None:
         errors = "; ".join(sorted({r.error or "?" for r in records if r.status == "failed"}))[:800]
         raise StageError(f"no trial produced a result ({len(records)} trials; errors: {errors or 'none recorded'})")
-    return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study_name, storage_url, exp_path)
+    return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study_name, storage_url, exp_path,
+                         ray_init_seconds)
 
 
 def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
