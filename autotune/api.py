@@ -68,7 +68,7 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
         "# `autotune resume` reads this\n"
         + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
     ))
-    return _run(load_job(job.output_dir / "job.yaml"), store, address, resume=False, console=console)
+    return _run(job, store, address, resume=False, console=console)
 
 
 def resume(output_dir: str | Path, address: str | None = None, console=None) -> dict[str, Any]:

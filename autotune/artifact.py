@@ -65,9 +65,14 @@ def verify(path: Path, load: bool = True) -> dict:
     mf = path / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"{path}: no {MANIFEST}: not an AutoTune artifact")
-    manifest = json.loads(mf.read_text())
+    try:
+        manifest = json.loads(mf.read_text())
+        files = manifest["files"]
+        assert isinstance(files, dict) and all({"sha256", "bytes"} <= set(m) for m in files.values())
+    except (ValueError, KeyError, TypeError, AssertionError) as exc:
+        raise ArtifactError(f"{mf}: not a valid manifest ({type(exc).__name__}: {exc})") from None
     problems = []
-    for rel, meta in manifest["files"].items():
+    for rel, meta in files.items():
         p = path / rel
         if not p.is_file():
             problems.append(f"{rel}: missing")

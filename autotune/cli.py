@@ -142,12 +142,14 @@ def ui(
     from autotune import api
     from autotune.config.loader import load_job
 
+    from autotune.redact import redact
+
     try:
         job = load_job(target / "job.yaml" if target.is_dir() else target)
+        uri = api.tracking_uri(job)
     except AutotuneError as exc:
         _fail(exc)
-    uri = api.tracking_uri(job)
-    typer.echo(f"MLflow UI for {uri} on http://{host}:{port}  (Ctrl-C to stop)")
+    typer.echo(f"MLflow UI for {redact(uri)} on http://{host}:{port}  (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:"):
         cmd += ["--default-artifact-root", (job.output_dir / "mlartifacts").as_uri()]

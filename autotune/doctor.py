@@ -57,7 +57,10 @@ def _timed(engine, fn) -> Check:
 def check_ray(address: str | None):
     if not address:
         return "local", True, "local Ray on 127.0.0.1, started by the job", None
-    host_port = _ray_host_port(address)
+    try:
+        host_port = _ray_host_port(address)
+    except ValueError as exc:
+        return address, False, f"address must be auto, HOST:PORT or ray://HOST:PORT ({exc})", RayEngineError
     if host_port is None:
         return address, False, "address 'auto' but no running cluster is recorded on this machine (/tmp/ray/ray_current_cluster); give HOST:PORT", RayEngineError
     host, port = host_port
@@ -101,8 +104,12 @@ def _ray_host_port(address: str) -> tuple[str, int] | None:
     if "://" in address:
         parsed = urlparse(address)
         return parsed.hostname or "127.0.0.1", parsed.port or 10001
-    host, _, port = address.rpartition(":")
-    return (host or "127.0.0.1"), int(port or 6379)
+    host, sep, port = address.rpartition(":")
+    if not sep:  # "headnode": Ray's default GCS port
+        return address, 6379
+    if not port.isdigit():
+        raise ValueError(f"port must be a number (got {port!r})")
+    return (host or "127.0.0.1"), int(port)
 
 
 # --- Optuna ----------------------------------------------------------------------------------------

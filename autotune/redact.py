@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import re
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@/\s]+)@")
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<rest>[^\s'\"]+)")
 _QUERY_SECRET = re.compile(r"(?P<key>(?:password|passwd|pwd|token|secret)=)[^&\s]+", re.IGNORECASE)
 
 
+def _mask_url(m: re.Match) -> str:
+    rest = m["rest"]
+    at = rest.rfind("@")  # passwords may hold '/', ':' or '@': the host starts after the last '@'
+    colon = rest.find(":")
+    if at == -1 or colon == -1 or colon > at:
+        return m.group(0)
+    return f"{m['scheme']}{rest[:colon]}:***{rest[at:]}"
+
+
 def redact(text: str) -> str:
-    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _URL.sub(_mask_url, text)
     return _QUERY_SECRET.sub(lambda m: f"{m['key']}***", text)
 
 

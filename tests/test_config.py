@@ -160,3 +160,35 @@ def test_import_and_validate_stay_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_initial_points_must_lie_in_the_space(tmp_path):
+    job = write(tmp_path, """
+        name: t
+        search:
+          space:
+            methods:
+              lora: {rank: {low: 2, high: 8}, target_modules: {choices: [[query, value]]}, dropout: 0.1}
+          initial_points:
+            - {method: lora, knobs: {rank: 16}}
+            - {method: lora, knobs: {target_modules: [key]}}
+            - {method: lora, knobs: {dropout: 0.2}}
+            - {method: full, knobs: {}}
+    """)
+    assert problems(job) == [
+        f"{job}: search.initial_points[0].knobs.rank: must lie in the space's range [2, 8] (got 16)",
+        f"{job}: search.initial_points[1].knobs.target_modules: must be one of the space's choices ['query,value'] (got ['key'])",
+        f"{job}: search.initial_points[2].knobs.dropout: must be a knob the space searches for lora (rank, target_modules) (got 0.2)",
+        f"{job}: search.initial_points[3].method: must be a method of the search space (lora) (got 'full')",
+    ]
+
+
+def test_range_endpoints_are_checked_with_fixed_knobs(tmp_path):
+    job = write(tmp_path, """
+        name: t
+        search:
+          space:
+            methods:
+              full: {layers: [1], unfreeze_last_k: {choices: [null, 2]}}
+    """)
+    assert problems(job) == [f"{job}: search.space.methods.full.unfreeze_last_k = 2: give either unfreeze_last_k or layers, not both"]

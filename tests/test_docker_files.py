@@ -44,14 +44,18 @@ def test_dockerfiles_conventions():
 
 
 def test_compose_validates_and_binds_loopback(tmp_path):
+    import os
+
+    # keep compose off shared per-user state (~/.docker): two runs at once must not disturb each other
+    env = {**os.environ, "DOCKER_CONFIG": str(tmp_path / "docker-config"), "HOME": str(tmp_path)}
     ok = subprocess.run([_compose_binary(), "-f", str(DOCKER / "compose.yaml"), "--env-file", str(DOCKER / ".env.example"),
-                         "config", "-q"], capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+                         "config", "-q"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
     # the validator is not a no-op: without the secrets it refuses
-    env = tmp_path / "empty.env"
-    env.write_text("")
-    bad = subprocess.run([_compose_binary(), "-f", str(DOCKER / "compose.yaml"), "--env-file", str(env), "config", "-q"],
-                         capture_output=True, text=True)
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    bad = subprocess.run([_compose_binary(), "-f", str(DOCKER / "compose.yaml"), "--env-file", str(empty), "config", "-q"],
+                         capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "POSTGRES_PASSWORD" in bad.stderr
     spec = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     for name, svc in spec["services"].items():

@@ -41,7 +41,11 @@ class ResolvedJob:
         return data
 
     def fingerprint(self) -> str:
-        blob = json.dumps(self.resolved_dict(), sort_keys=True).encode()
+        """Hash of the resolved job with passwords masked: the job saved to OUTPUT_DIR/job.yaml (masked)
+        and the job as submitted hash the same, so `autotune resume` recognises finished stages."""
+        from autotune.redact import redact
+
+        blob = redact(json.dumps(self.resolved_dict(), sort_keys=True)).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -120,6 +124,8 @@ def load_job(path: str | Path) -> ResolvedJob:
                 REGISTRY[point.method].Params(**point.knobs)
             except ValidationError as exc:
                 problems += format_pydantic(exc, src, prefix=("search", "initial_points", i, "knobs"))
+                continue
+            problems += _point_in_space(space, point, f"{where}.knobs")
     # --- data file must exist ------------------------------------------------------------------------
     data_path = None
     if config.data.path is not None:
@@ -141,6 +147,25 @@ def load_job(path: str | Path) -> ResolvedJob:
     if not output_dir.is_absolute():
         output_dir = (job_dir / output_dir) if config.output_dir else (Path.cwd() / output_dir)
     return ResolvedJob(config, space, space_raw, space_source, job_path.resolve(), output_dir.resolve(), data_path)
+
+
+def _point_in_space(space: CompiledSpace, point, where: str) -> list[str]:
+    """An enqueued point must be a point of the space: searched knobs only, inside their ranges/choices."""
+    knobs = {k.name.split(".", 1)[1]: k for k in space.methods[point.method]}
+    searched = [n for n, k in knobs.items() if k.kind != "fixed"]
+    out = []
+    for name, value in point.knobs.items():
+        knob = knobs.get(name)
+        if knob is None or knob.kind == "fixed":
+            out.append(f"{where}.{name}: must be a knob the space searches for {point.method} "
+                       f"({', '.join(searched) or 'none'}) (got {show(value)})")
+        elif knob.kind == "categorical":
+            encoded = ",".join(map(str, value)) if knob.list_valued and isinstance(value, list) else value
+            if encoded not in knob.choices:
+                out.append(f"{where}.{name}: must be one of the space's choices {list(knob.choices)} (got {show(value)})")
+        elif not (isinstance(value, (int, float)) and knob.low <= value <= knob.high):
+            out.append(f"{where}.{name}: must lie in the space's range [{knob.low}, {knob.high}] (got {show(value)})")
+    return out
 
 
 def _rungs(config: JobConfig) -> int:

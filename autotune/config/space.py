@@ -143,27 +143,47 @@ def compile_space(space: SearchSpace, source: str, prefix: str = "") -> tuple[Co
             continue
         fields = method.Params.model_fields
         out: list[Knob] = []
+        mine: list[str] = []  # this method's problems (later methods are checked even if earlier ones fail)
         for knob_name, spec in (knobs or {}).items():
             kpath = f"{mpath}.{knob_name}"
             if knob_name not in fields:
-                problems.append(f"{source}: {kpath}: unknown knob for method {method_name} (allowed: {', '.join(fields)})")
+                mine.append(f"{source}: {kpath}: unknown knob for method {method_name} (allowed: {', '.join(fields)})")
                 continue
             knob, errs = _compile_knob(f"{method_name}.{knob_name}", fields[knob_name], spec)
-            problems.extend(f"{source}: {kpath}{sub}: {msg}" for sub, msg in errs)
+            mine.extend(f"{source}: {kpath}{sub}: {msg}" for sub, msg in errs)
             if knob is not None and not errs:
                 out.append(knob)
-        # the fixed values and every range endpoint together must still make a valid knob set
-        if not problems:
-            fixed = {k.name.split(".", 1)[1]: k.value for k in out if k.kind == "fixed"}
-            try:
-                method.Params(**fixed)
-            except ValidationError as exc:
-                for err in exc.errors(include_url=False):
-                    problems.append(f"{source}: {mpath}: {describe(err)}")
+        if not mine:
+            mine += _check_combinations(method, out, source, mpath)
+        problems += mine
         compiled[method_name] = tuple(out)
     if problems:
         return None, problems
     return CompiledSpace(compiled), []
+
+
+def _check_combinations(method, knobs: list[Knob], source: str, mpath: str) -> list[str]:
+    """The fixed values together, and each range endpoint / choice with them, must make valid knobs:
+    `full: {layers: [1], unfreeze_last_k: {low: 1, high: 3}}` would fail in every trial."""
+    fixed = {k.name.split(".", 1)[1]: k.value for k in knobs if k.kind == "fixed"}
+    out: list[str] = []
+
+    def attempt(values: dict, where: str) -> None:
+        try:
+            method.Params(**values)
+        except ValidationError as exc:
+            for err in exc.errors(include_url=False):
+                line = f"{source}: {where}: {describe(err)}"
+                if line not in out:
+                    out.append(line)
+
+    attempt(fixed, mpath)
+    for k in knobs:
+        short = k.name.split(".", 1)[1]
+        candidates = [k.low, k.high] if k.kind in ("int", "float") else [k.decode(c) for c in k.choices]
+        for value in candidates if k.kind != "fixed" else []:
+            attempt({**fixed, short: value}, f"{mpath}.{short} = {show(value)}")
+    return out
 
 
 def _compile_knob(name: str, field, spec) -> tuple[Knob | None, list[tuple[str, str]]]:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from autotune.errors import TrialFailed
 from autotune.methods.base import Method, MethodParams, Prepared, encoder_layers, freeze_all, unfreeze_head
 
 
@@ -87,6 +88,8 @@ class SparseMethod(Method):
                     targets.append((module, "weight"))
         if ctx.restore_state is not None:
             return self._restore(model, targets, ctx.restore_state)
+        if not targets:
+            raise TrialFailed(f"sparse: {type(model.encoder).__name__} has no 2-D weights in its layers to select from")
         scores = self._scores(model, targets, params, ctx)
         sizes = [s.numel() for s in scores]
         total = sum(sizes)
@@ -133,7 +136,7 @@ class SparseMethod(Method):
             return [torch.rand(w.shape, generator=g) for w in weights]
         # gradient: accumulated |dL/dW| over a few calibration batches, model in train mode, no update
         if not ctx.calibration_batches:
-            raise ValueError("sparse selection 'gradient' needs calibration batches")
+            raise TrialFailed("sparse.selection: 'gradient' needs calibration batches (none were given)")
         acc = [torch.zeros_like(w) for w in weights]
         was_training = model.training
         model.train()

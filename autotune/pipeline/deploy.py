@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -52,7 +53,7 @@ def run(ctx: JobContext) -> DeployResult:
     # the shipped model must predict exactly what the validate stage measured
     shipped = load_artifact_model(out)
     preds = evaluate(shipped, test, cfg.training.eval_batch_size).predictions
-    expected = json.loads(open(val.predictions_path).read())["predictions"]
+    expected = json.loads(Path(val.predictions_path).read_text())["predictions"]
     match = bool(np.array_equal(np.array(preds), np.array(expected)))
     if not match:
         from autotune.errors import StageError

@@ -11,6 +11,7 @@ from autotune.errors import AutotuneError, GateFailed, StageError
 from autotune.pipeline import deploy, preprocess, tune, validate
 from autotune.pipeline.context import JobContext
 from autotune.pipeline.state import StageState
+from autotune.redact import redact
 
 STAGE_IMPL: dict[str, tuple[Callable, type]] = {
     "preprocess": (preprocess.run, preprocess.PreprocessResult),
@@ -31,6 +32,7 @@ def run_stages(ctx: JobContext) -> None:
         if state.status == "succeeded" and state.inputs_hash == inputs_hash:
             ctx.results[name] = result_type.model_validate(state.outputs)
             ctx.console.print(f"[dim]stage {name}: already succeeded, skipped[/]")
+            _stop_on_failed_gate(ctx, name, inputs_hash)
             continue
         state = StageState(stage=name, status="running", inputs_hash=inputs_hash, started_at=time.time())
         ctx.store.save_stage(state)
@@ -40,19 +42,26 @@ def run_stages(ctx: JobContext) -> None:
         except BaseException as exc:
             state.status = "failed"
             state.finished_at = time.time()
-            state.error = str(exc) if isinstance(exc, AutotuneError) else traceback.format_exc()[-4000:]
+            state.error = redact(str(exc) if isinstance(exc, AutotuneError) else traceback.format_exc()[-4000:])
             ctx.store.save_stage(state)
             if isinstance(exc, (AutotuneError, KeyboardInterrupt)):
                 raise
-            raise StageError(f"stage {name} failed: {type(exc).__name__}: {exc}") from exc
+            raise StageError(redact(f"stage {name} failed: {type(exc).__name__}: {exc}")) from exc
         ctx.results[name] = result
         state.status = "succeeded"
         state.finished_at = time.time()
         state.outputs = result.model_dump(mode="json")
         ctx.store.save_stage(state)
         ctx.tracker.set_tags(ctx.parent_run_id, {f"autotune.stage.{name}": "succeeded"})
-        if name == "validate" and not result.passed:
-            failed = "; ".join(g.detail for g in result.gates if not g.passed)
-            skip = StageState(stage="deploy", status="skipped", inputs_hash=inputs_hash, error=f"gate failed: {failed}")
-            ctx.store.save_stage(skip)
-            raise GateFailed(f"validation gate failed, deploy skipped: {failed}")
+        _stop_on_failed_gate(ctx, name, inputs_hash)
+
+
+def _stop_on_failed_gate(ctx: JobContext, name: str, inputs_hash: str) -> None:
+    """A failed gate stops the pipeline before deploy - also when validate's result is reloaded on resume."""
+    result = ctx.results.get(name)
+    if name != "validate" or result.passed:
+        return
+    failed = "; ".join(g.detail for g in result.gates if not g.passed)
+    skip = StageState(stage="deploy", status="skipped", inputs_hash=inputs_hash, error=f"gate failed: {failed}")
+    ctx.store.save_stage(skip)
+    raise GateFailed(f"validation gate failed, deploy skipped: {failed}")

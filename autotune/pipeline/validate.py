@@ -131,10 +131,16 @@ def _champion(ctx: JobContext, correct, test) -> dict[str, Any] | None:
 
     name = ctx.job.config.tracking.registered_model or ctx.job.config.name
     client = ctx.tracker.client
+    from mlflow.exceptions import MlflowException
+
     try:
         version = client.get_model_version_by_alias(name, "champion")
-    except Exception:  # noqa: BLE001 - no registered model or no champion alias yet
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no registered model, or no champion alias yet
+        from autotune.errors import StageError
+
+        raise StageError(f"cannot read the champion of {name!r} from the registry: {exc}") from None
     import mlflow
 
     local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=ctx.tracker.uri,

@@ -4,6 +4,7 @@ They run in the driver process, so MLflow and the console have one writer each."
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,8 @@ from ray.tune.stopper import Stopper
 
 from autotune.config.space import CompiledSpace
 from autotune.search.callbacks_keys import NUMBER_KEY
-from autotune.tracking.mlflow_tracker import STATUS_TAG, MlflowTracker
+from autotune.redact import redact
+from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, MlflowTracker
 
 LOGGED_METRICS = (
     "val_accuracy", "val_macro_f1", "val_loss", "train_loss", "trainable_params", "optimizer_state_bytes",
@@ -121,6 +123,8 @@ class TrialBook(Callback):
         if created:
             self.tracker.log_params(rec.run_id, {"trial_number": rec.number, "method": method,
                                                  **{f"{method}.{k}": v for k, v in knobs.items()}})
+            # params are strings; the typed knobs go in a JSON tag so a resumed job reads them back exactly
+            self.tracker.set_tags(rec.run_id, {KNOBS_TAG: json.dumps(knobs)})
         else:  # a trial restored after a crash or retried: do not log its replayed rungs twice
             history = self.tracker.metric_history(rec.run_id, "val_loss")
             rec.last_step = max((m.step for m in history), default=0)
@@ -160,7 +164,7 @@ class TrialBook(Callback):
             method, knobs = self.space.decode(trial.config)
             rec = self.records[trial.trial_id] = TrialRecord(trial.trial_id, trial_number(trial.config), method, knobs)
         rec.status = "failed"
-        rec.error = short_error(trial)
+        rec.error = redact(short_error(trial))
         rec.ended = time.time()
         self.consecutive_failures += 1
         if self.tracker is not None and rec.run_id:

@@ -26,6 +26,7 @@ class TrialSpec:
     labels: list[str]
     seed: int
     cpus: float
+    gpus: float = 0.0
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str, Any]]) -> None:
@@ -53,6 +54,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
                                                         restore_state=restored))
     if restored is not None:  # a retried or resumed trial continues from its last rung
         prepared.load_trainable_state(restored)
+    if spec.gpus > 0 and torch.cuda.is_available():
+        prepared.model.to("cuda")  # Ray set CUDA_VISIBLE_DEVICES to this trial's (share of a) GPU
 
     import ray
 

@@ -3,6 +3,7 @@ space, seeded sampler, persistent storage), method-stratified ASHA, resources pe
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -12,6 +13,8 @@ from typing import Any
 from autotune.config.loader import ResolvedJob
 from autotune.errors import StageError, TooManyFailures
 from autotune.search.callbacks_keys import NUMBER_KEY
+
+JOB_RUN_ATTR = "autotune_job_run"  # Optuna user attr: the MLflow parent run of the job that asked for the trial
 
 
 @dataclass
@@ -55,7 +58,7 @@ def make_sampler(job: ResolvedJob):
         return optuna.samplers.QMCSampler(seed=seed)
 
 
-def make_searcher(job: ResolvedJob, storage_url: str, study_name: str):
+def make_searcher(job: ResolvedJob, storage_url: str, study_name: str, job_run: str | None = None):
     import optuna
     from optuna.trial import TrialState
     from ray.tune.search.optuna import OptunaSearch  # must be imported explicitly in Ray 2.60
@@ -69,6 +72,7 @@ def make_searcher(job: ResolvedJob, storage_url: str, study_name: str):
             if isinstance(config, dict) and trial_id in self._ot_trials:
                 ot_trial = self._ot_trials[trial_id]
                 ot_trial.set_user_attr("ray_trial_id", trial_id)
+                ot_trial.set_user_attr(JOB_RUN_ATTR, job_run)  # which job asked: a shared study has many
                 # the Optuna trial number names the trial everywhere (console, MLflow, trials.csv)
                 config = {**config, NUMBER_KEY: ot_trial.number}
             return config
@@ -105,8 +109,9 @@ def make_scheduler(job: ResolvedJob, total_rungs: int):
         from ray.tune.schedulers import FIFOScheduler
 
         return FIFOScheduler()
-    kwargs = dict(
-        time_attr="rung", max_t=total_rungs, grace_period=cfg.grace_period, reduction_factor=cfg.reduction_factor,
+    kwargs = dict(  # tiny splits can merge rungs: never ask ASHA for a grace longer than the trial
+        time_attr="rung", max_t=total_rungs, grace_period=min(cfg.grace_period, total_rungs),
+        reduction_factor=cfg.reduction_factor,
     )
     if cfg.per_method:
         from autotune.search.scheduler import method_stratified_asha
@@ -174,7 +179,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
                      cfg.objective.metric, cfg.objective.mode)
     guard = FailureGuard(book, cfg.budget.max_consecutive_failures)
     spec = TrialSpec(cfg.model, cfg.training, job.space, labels, cfg.seed,
-                     cfg.budget.resources_per_trial.cpu)
+                     cfg.budget.resources_per_trial.cpu, cfg.budget.resources_per_trial.gpu)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, data=tokenized),
         {"cpu": cfg.budget.resources_per_trial.cpu, "gpu": cfg.budget.resources_per_trial.gpu},
@@ -201,12 +206,12 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         run_cfg.callbacks = [book]
         run_cfg.stop = guard
         _seed_book_from_tracker(book, tracker, parent_run_id)
-        _fail_orphaned_optuna_trials(storage_url, study_name, exp_path)
+        _fail_orphaned_optuna_trials(storage_url, study_name, exp_path, parent_run_id)
     else:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(job, storage_url, study_name),
+                search_alg=make_searcher(job, storage_url, study_name, parent_run_id),
                 scheduler=make_scheduler(job, total_rungs),
                 metric=cfg.objective.metric,
                 mode=cfg.objective.mode,
@@ -244,7 +249,7 @@ def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
     if tracker is None or parent_run_id is None:
         return
     from autotune.search.callbacks import TrialRecord
-    from autotune.tracking.mlflow_tracker import STATUS_TAG, TRIAL_ID_TAG
+    from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, TRIAL_ID_TAG
 
     runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
     for run in runs:
@@ -253,16 +258,18 @@ def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
         if not trial_id or status == "running":
             continue
         method = run.data.params.get("method", "?")
-        knobs = {k.split(".", 1)[1]: v for k, v in run.data.params.items() if k.startswith(method + ".")}
+        knobs = json.loads(run.data.tags.get(KNOBS_TAG, "{}"))
         number = int(run.data.params.get("trial_number", -1))
         rec = TrialRecord(trial_id, number, method, knobs, status=status, run_id=run.info.run_id,
                           metrics=dict(run.data.metrics), error=run.data.tags.get("autotune.error"))
         book.records[trial_id] = rec
 
 
-def _fail_orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str) -> None:
+def _fail_orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str, job_run: str | None) -> None:
     """A driver killed between asking Optuna for a trial and saving Tune's experiment state leaves an Optuna
-    trial RUNNING that no Ray trial will ever finish. Mark those FAIL so the study stays truthful."""
+    trial RUNNING that no Ray trial will ever finish. Mark those FAIL so the study stays truthful.
+    Only this job's trials (user attr JOB_RUN_ATTR) are touched, and nothing when Tune's searcher state
+    cannot be read (then we cannot tell an orphan from a trial about to resume)."""
     import glob
     import pickle
 
@@ -276,8 +283,10 @@ def _fail_orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: st
                 known |= set(pickle.load(fh).get("_ot_trials", {}))
         except Exception:  # noqa: BLE001 - an unreadable searcher state means: trust nothing
             pass
+    if not known:
+        return
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        if t.user_attrs.get("ray_trial_id") not in known:
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(JOB_RUN_ATTR) == job_run and t.user_attrs.get("ray_trial_id") not in known:
             study._storage.set_trial_user_attr(t._trial_id, "autotune.orphaned", True)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

@@ -21,6 +21,7 @@ MAX_TAG_LEN = 8000
 
 TRIAL_ID_TAG = "autotune.trial_id"
 STATUS_TAG = "autotune.trial_status"  # finished | pruned | failed | running
+KNOBS_TAG = "autotune.knobs"  # the trial's knob values as JSON (params are strings)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -44,23 +44,29 @@ def batches(split: dict[str, Any], batch_size: int, order=None):
 
 
 def macro_f1(labels: list[int], preds: list[int], num_labels: int) -> float:
+    """Unweighted mean of per-class F1 over the classes present in labels or predictions (as sklearn)."""
     scores = []
-    for c in range(num_labels):
+    for c in sorted(set(labels) | set(preds)):
         tp = sum(1 for y, p in zip(labels, preds) if y == c and p == c)
         fp = sum(1 for y, p in zip(labels, preds) if y != c and p == c)
         fn = sum(1 for y, p in zip(labels, preds) if y == c and p != c)
         scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(scores) / num_labels
+    return sum(scores) / max(1, len(scores))
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()} if device.type != "cpu" else batch
 
 
 def evaluate(model, split: dict[str, Any], batch_size: int) -> EvalResult:
     import torch
 
     model.eval()
+    device = next(model.parameters()).device
     total_loss, preds = 0.0, []
     with torch.no_grad():
         for batch in batches(split, batch_size):
-            out = model(**batch)
+            out = model(**_to(batch, device))
             total_loss += float(out.loss) * len(batch["labels"])
             preds += out.logits.argmax(-1).tolist()
     labels = split["labels"].tolist()
@@ -102,6 +108,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
 
     torch.manual_seed(seed)
     model = prepared.model
+    device = next(model.parameters()).device  # the trial moved the model to its GPU, if it has one
     train_split, val_split = data["train"], data["validation"]
     n_train = len(train_split["labels"])
     total_steps, rungs = rung_steps(n_train, cfg)
@@ -122,7 +129,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate * lr_factor(step)
             model.train()
-            loss = model(**batch).loss
+            loss = model(**_to(batch, device)).loss
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise TrialFailed(f"loss became {loss_value} at step {step} (learning_rate={learning_rate:g})")
