@@ -30,7 +30,7 @@ def tracking_uri(job: ResolvedJob) -> str:
 def _console():
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)  # one line per event, also in CI logs
 
 
 def doctor(job_path: str | Path, address: str | None = None):

@@ -9,6 +9,7 @@ driver, so a SQLite store has a single writer.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -42,6 +43,7 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the console
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our console has its own lines
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)

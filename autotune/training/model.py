@@ -13,8 +13,11 @@ from autotune.config.job import PACKAGED_MODEL, ModelConfig
 def quiet_transformers() -> None:
     import os
 
+    import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
