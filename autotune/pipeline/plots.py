@@ -20,7 +20,7 @@ def study_plots(ctx, result) -> list[Path]:
     rows = [r for r in result.trials if metric in r.metrics]
     out = ctx.out / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 4.2))
     best_so_far, best = [], None
     for r in sorted(rows, key=lambda r: r.number):
         v = r.metrics[metric]
@@ -48,6 +48,7 @@ def study_plots(ctx, result) -> list[Path]:
     ax2.set_xlabel("trainable parameters (log)")
     ax2.set_ylabel(metric)
     ax2.set_title("quality vs trainable parameters")
+    _importances(ax3, ctx, result)
     fig.tight_layout()
     png = out / "study.png"
     fig.savefig(png, dpi=100)
@@ -76,3 +77,49 @@ def pareto_front(points: list[tuple[float, float]], maximize: bool = True) -> li
             front.append((params, value))
             best = value
     return front
+
+
+def method_importances(storage_url: str, study_name: str, direction: str, min_trials: int = 3) -> dict[str, dict[str, float]]:
+    """fANOVA importances of each method's knobs, from that method's complete trials (the space is
+    conditional: importances across methods would compare knobs that never co-occur)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    out: dict[str, dict[str, float]] = {}
+    for method in sorted({t.params.get("method") for t in done}):
+        trials = [t for t in done if t.params.get("method") == method]
+        knobs = sorted({k for t in trials for k in t.params if k != "method" and len({u.params.get(k) for u in trials}) > 1})
+        if len(trials) < min_trials or not knobs:
+            continue
+        sub = optuna.create_study(direction=direction)
+        sub.add_trials(trials)
+        out[method] = optuna.importance.get_param_importances(sub, params=knobs)
+    return out
+
+
+def _importances(ax, ctx, result) -> None:
+    from autotune.search.tuner import optuna_storage_url
+
+    direction = "maximize" if ctx.job.config.objective.mode == "max" else "minimize"
+    try:
+        imp = method_importances(optuna_storage_url(ctx.job), result.study_name, direction)
+    except Exception as exc:  # noqa: BLE001 - too few trials, a degenerate space...
+        imp, note = {}, f"not computed: {type(exc).__name__}"
+    else:
+        note = "needs >= 3 complete trials of a method with a varying knob"
+    labels, values, colours = [], [], []
+    for method, scores in imp.items():
+        for knob, v in scores.items():
+            labels.append(knob)
+            values.append(v)
+            colours.append(COLOURS.get(method, "gray"))
+    if labels:
+        ax.barh(labels, values, color=colours)
+        ax.invert_yaxis()
+        ax.set_xlabel("importance (fANOVA, within each method)")
+    else:
+        ax.text(0.5, 0.5, note, ha="center", va="center", fontsize=8, wrap=True)
+        ax.set_axis_off()
+    ax.set_title("parameter importances")
