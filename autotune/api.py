@@ -82,6 +82,18 @@ def resume(output_dir: str | Path, address: str | None = None, console=None) -> 
 
 
 def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _run_tracked(job, store, address, resume, console)
+    except MlflowException as exc:  # outside a stage: opening runs, logging the job; inside one: StageError
+        from autotune.errors import TrackingEngineError
+
+        first = str(exc).strip().splitlines()[0][:400]
+        raise TrackingEngineError(redact(f"MLflow at {tracking_uri(job)} failed: {first}")) from None
+
+
+def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:
     from autotune.pipeline.context import JobContext
     from autotune.pipeline.runner import run_stages
     from autotune.tracking.mlflow_tracker import MlflowTracker

@@ -44,6 +44,9 @@ class MlflowTracker:
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on the console
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # our console has its own lines
+        # a broken tracking server should fail the job in seconds, not after minutes of exponential backoff
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
