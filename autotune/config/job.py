@@ -64,6 +64,10 @@ class DataConfig(Strict):
 class Resources(Strict):
     cpu: float = Field(1.0, gt=0, description="CPUs per trial (also the trial's torch thread count).")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial; fractions share a GPU between trials.")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources per trial, e.g. {node_type_big: 1} to pin trials to nodes started with them.",
+    )
 
 
 class BudgetConfig(Strict):

@@ -182,7 +182,8 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
                      cfg.budget.resources_per_trial.cpu, cfg.budget.resources_per_trial.gpu)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, data=tokenized),
-        {"cpu": cfg.budget.resources_per_trial.cpu, "gpu": cfg.budget.resources_per_trial.gpu},
+        {"cpu": cfg.budget.resources_per_trial.cpu, "gpu": cfg.budget.resources_per_trial.gpu,
+         **cfg.budget.resources_per_trial.custom},
     )
     storage_path = cfg.ray.storage_path or str(job.output_dir / "ray")
     retries = cfg.budget.max_retries
