@@ -62,6 +62,11 @@ def docker_env(tmp_path_factory):
             daemon.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(daemon.pid, signal.SIGKILL)
+        # dockerd leaves its exec-root network-namespace bind mount behind: unmount what lies under run_dir
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines() if str(run_dir) in line]
+        for mount in sorted(mounts, reverse=True):
+            subprocess.run(["umount", "-l", mount], capture_output=True)
+        log.close()
         print("\ndocker figures: " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 
 
@@ -141,9 +146,12 @@ def test_stack_builds_comes_up_and_serves_a_job(docker_env, tiny_model_dir, synt
     try:
         assert up.returncode == 0, up.stdout[-2000:] + up.stderr[-3000:]
         timings["stack_up_s"] = time.time() - t0
-        status = subprocess.run(compose + ["exec", "-T", "ray-head", "ray", "status", f"--address=127.0.0.2:{ports['RAY_PORT']}"],
-                                env=env, capture_output=True, text=True, timeout=60)
-        assert status.stdout.count("node_") >= 2, status.stdout + status.stderr  # head + worker joined
+        def nodes() -> int:
+            status = subprocess.run(compose + ["exec", "-T", "ray-head", "ray", "status", f"--address=127.0.0.2:{ports['RAY_PORT']}"],
+                                    env=env, capture_output=True, text=True, timeout=60)
+            return status.stdout.count(" node_")
+
+        wait_for(lambda: nodes() >= 2, 90, "the Ray worker container to join the head", interval=2)
 
         job = tmp_path / "job.yaml"
         job.write_text(textwrap.dedent(f"""
