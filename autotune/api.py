@@ -96,7 +96,7 @@ def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool,
 def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:
     from autotune.pipeline.context import JobContext
     from autotune.pipeline.runner import run_stages
-    from autotune.tracking.mlflow_tracker import MlflowTracker
+    from autotune.tracking.mlflow_tracker import MlflowTracker, flatten
 
     console = console or _console()
     uri = tracking_uri(job)
@@ -116,7 +116,7 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
         state = JobState(name=job.config.name, job_fingerprint=job.fingerprint(), parent_run_id=parent,
                          tracking_uri=redact(uri), experiment=experiment)
         store.save_job(state)
-        tracker.log_params(parent, {k: v for k, v in _flat(job.resolved_dict()).items() if not k.startswith("search.space")})
+        tracker.log_params(parent, {k: v for k, v in flatten(job.resolved_dict()).items() if not k.startswith("search.space")})
         tracker.log_artifact(parent, str(job.output_dir / "job.yaml"), "job")
         tracker.log_dict(parent, job.space_raw.model_dump(mode="json", exclude_none=True), "job/search_space.json")
         console.print(f"job [bold]{job.config.name}[/] -> {job.output_dir} (MLflow run {parent})")
@@ -150,12 +150,6 @@ def _shutdown_ray() -> None:
 
         if ray.is_initialized():
             ray.shutdown()
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    from autotune.tracking.mlflow_tracker import flatten
-
-    return flatten(d, prefix)
 
 
 def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:

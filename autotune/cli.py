@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -17,6 +18,20 @@ from autotune.errors import AutotuneError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Search over fine-tuning methods and their knobs; ship the best model.")
+
+
+@contextmanager
+def _user_errors(on_interrupt: str | None = None):
+    """Errors a user can cause end the command with their exit code and message, never a traceback."""
+    try:
+        yield
+    except AutotuneError as exc:
+        _fail(exc)
+    except KeyboardInterrupt:
+        if on_interrupt is None:
+            raise
+        typer.echo(on_interrupt, err=True)
+        raise typer.Exit(130) from None
 
 
 def _fail(exc: AutotuneError) -> None:
@@ -34,10 +49,8 @@ def validate(job: Path = typer.Argument(..., help="Job YAML file.")) -> None:
     """Check a job file and its search space without running anything."""
     from autotune import api
 
-    try:
+    with _user_errors():
         resolved = api.validate(job)
-    except AutotuneError as exc:
-        _fail(exc)
     methods = ", ".join(f"{m} ({len(k)} knobs)" for m, k in resolved.space.methods.items())
     typer.echo(f"{job}: ok - job '{resolved.config.name}', methods: {methods}; "
                f"{resolved.config.budget.num_trials} trials -> {resolved.output_dir}")
@@ -51,10 +64,8 @@ def doctor(
     """Check that each configured engine (Ray, Optuna storage, MLflow) answers and accepts our credentials."""
     from autotune import api
 
-    try:
+    with _user_errors():
         checks = api.doctor(job, address=address)
-    except AutotuneError as exc:
-        _fail(exc)
     for c in checks:
         mark = "ok  " if c.ok else "FAIL"
         typer.echo(f"{mark} {c.engine:<7} {c.target}  ({c.seconds:.1f} s) {c.detail}", err=not c.ok)
@@ -72,13 +83,8 @@ def submit(
     """Run a job: preprocess -> tune -> validate -> deploy."""
     from autotune import api
 
-    try:
+    with _user_errors(on_interrupt="interrupted: finished trials are kept; continue with `autotune resume OUTPUT_DIR`"):
         api.submit(job, address=address, force=force)
-    except AutotuneError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: finished trials are kept; continue with `autotune resume OUTPUT_DIR`", err=True)
-        raise typer.Exit(130)
 
 
 @app.command()
@@ -89,12 +95,8 @@ def resume(
     """Continue an interrupted job: finished stages and trials are kept, the MLflow parent run is reused."""
     from autotune import api
 
-    try:
+    with _user_errors(on_interrupt="interrupted: continue again with `autotune resume OUTPUT_DIR`"):
         api.resume(output_dir, address=address)
-    except AutotuneError as exc:
-        _fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
 
 
 @app.command()
@@ -103,10 +105,8 @@ def status(output_dir: Path = typer.Argument(..., help="Output directory of a jo
     """Stages, trials done/running/pruned/failed, best so far."""
     from autotune import api
 
-    try:
+    with _user_errors():
         info = api.status(output_dir)
-    except AutotuneError as exc:
-        _fail(exc)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -123,10 +123,8 @@ def verify(artifact: Path = typer.Argument(..., help="Artifact directory written
     """Check an artifact against its MANIFEST (sha256 + size of every file) and load it."""
     from autotune.artifact import verify as do_verify
 
-    try:
+    with _user_errors():
         manifest = do_verify(artifact, load=not no_load)
-    except AutotuneError as exc:
-        _fail(exc)
     typer.echo(f"{artifact}: ok - {len(manifest['files'])} files match MANIFEST.json" + ("" if no_load else "; model loads"))
 
 
@@ -144,11 +142,9 @@ def ui(
 
     from autotune.redact import redact
 
-    try:
+    with _user_errors():
         job = load_job(target / "job.yaml" if target.is_dir() else target)
         uri = api.tracking_uri(job)
-    except AutotuneError as exc:
-        _fail(exc)
     typer.echo(f"MLflow UI for {redact(uri)} on http://{host}:{port}  (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
     if uri.startswith("sqlite:"):

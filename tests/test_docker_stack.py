@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster_env import free_port, wait_for
+from tests.test_docker_files import _compose_binary
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -27,12 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 CACHE = Path("/var/cache/autotune-docker")
 MIRROR = "http://deb.debian.org/debian"
 BASE = "autotune-base:bookworm"
-
-
-def _compose_binary() -> str:
-    import compose
-
-    return str(Path(compose.__file__).parent / "docker-compose")
 
 
 @pytest.fixture(scope="module")

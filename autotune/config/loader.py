@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from autotune.config.errors import format_pydantic, show
 from autotune.config.job import JobConfig
 from autotune.config.space import CompiledSpace, SearchSpace, compile_space
+from autotune.data.prepare import format_of
 from autotune.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +134,7 @@ def load_job(path: str | Path) -> ResolvedJob:
         if not data_path.is_file():
             problems.append(f"{src}: data.path: file not found (got {show(config.data.path)}, resolved to {data_path})")
         else:
-            fmt = config.data.format if config.data.format != "auto" else _format_of(data_path)
+            fmt = config.data.format if config.data.format != "auto" else format_of(data_path)
             if fmt is None:
                 problems.append(f"{src}: data.path: extension must be .csv, .jsonl, .json or .parquet, or set data.format (got {show(data_path.name)})")
     # --- resources must fit the scheduler's promise ----------------------------------------------------
@@ -172,8 +173,3 @@ def _rungs(config: JobConfig) -> int:
     import math
 
     return max(1, math.ceil(config.training.epochs * config.training.evals_per_epoch))
-
-
-def _format_of(path: Path) -> str | None:
-    suffix = path.suffix.lower()
-    return {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}.get(suffix)

@@ -18,6 +18,7 @@ Bounds are inclusive, as in Optuna.
 
 from __future__ import annotations
 
+import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Union
@@ -117,7 +118,7 @@ def _parse_scalar(text: str):
 
 def _is_numeric(annotation, want) -> bool:
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (Union, getattr(__import__("types"), "UnionType", Union)):
+    if typing.get_origin(annotation) in (Union, types.UnionType):
         return any(_is_numeric(a, want) for a in args if a is not type(None))
     return annotation is want
 

@@ -36,11 +36,19 @@ class PreparedData:
     stats: dict = field(default_factory=dict)
 
 
+FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def format_of(path: Path) -> str | None:
+    """File format by extension, or None when the extension says nothing we read."""
+    return FORMATS.get(path.suffix.lower())
+
+
 def read_table(path: Path, fmt: str, cfg: DataConfig):
     import pandas as pd
 
     if fmt == "auto":
-        fmt = {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet"}[path.suffix.lower()]
+        fmt = format_of(path)
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     if fmt in ("csv", "jsonl"):

@@ -29,7 +29,7 @@ def run(ctx: JobContext) -> DeployResult:
     import numpy as np
 
     from autotune.artifact import MANIFEST, load_artifact_model, save_artifact, verify
-    from autotune.pipeline.preprocess import load_tokens
+    from autotune.training.model import load_tokens
     from autotune.pipeline.validate import load_best
     from autotune.training.loop import evaluate
     from autotune.training.model import load_tokenizer

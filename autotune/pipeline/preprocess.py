@@ -27,7 +27,7 @@ def run(ctx: JobContext) -> PreprocessResult:
 
     from autotune.data.demo import cache_dir, demo_csv
     from autotune.data.prepare import prepare
-    from autotune.training.model import load_tokenizer, tokenize_splits
+    from autotune.training.model import load_tokenizer, save_tokens, tokenize_splits
 
     cfg = ctx.job.config
     if ctx.job.data_path is None:
@@ -41,10 +41,8 @@ def run(ctx: JobContext) -> PreprocessResult:
 
     tokenizer = load_tokenizer(cfg.model)
     tokens, hit = tokenize_splits(data, tokenizer, cfg.model.max_length, cache_dir() / "tokens")
-    import numpy as np
-
-    tokens_path = data_dir / "tokens.npz"
-    np.savez(tokens_path, **{f"{s}/{f}": a for s, d in tokens.items() for f, a in d.items()})
+    tokens_path = data_dir / "tokens.npz"  # the job directory stays self-contained if the cache is cleared
+    save_tokens(tokens, tokens_path)
 
     result = PreprocessResult(
         data_dir=str(data_dir), source=source, fingerprint=data.fingerprint, labels=data.labels,
@@ -73,17 +71,6 @@ def save_prepared(data, data_dir: Path) -> None:
         {"fingerprint": data.fingerprint, "labels": data.labels, "source": data.source, "stats": data.stats}, indent=2))
 
 
-def load_tokens(path: str) -> dict:
-    import numpy as np
-
-    out: dict = {}
-    with np.load(path) as npz:
-        for name in npz.files:
-            split, field = name.split("/")
-            out.setdefault(split, {})[field] = npz[name]
-    return out
-
-
 def _log(ctx: JobContext, result: PreprocessResult, data) -> None:
     t, run = ctx.tracker, ctx.parent_run_id
     t.log_params(run, {"data.fingerprint": result.fingerprint, "data.source": result.source,
@@ -91,14 +78,14 @@ def _log(ctx: JobContext, result: PreprocessResult, data) -> None:
                        **{f"data.size.{k}": v for k, v in result.sizes.items()}})
     t.log_metrics(run, {f"data.cleaning.{k}": v for k, v in result.cleaning.items()})
     t.log_dict(run, {"stats": result.stats, "cleaning": result.cleaning}, "data/profile.json")
-    _log_dataset_input(ctx, result)
+    _log_dataset_input(ctx, result, data)
     try:
         _length_plot(ctx, data)
     except Exception as exc:  # noqa: BLE001 - a missing plot must not fail the job
         ctx.console.print(f"[yellow]note: dataset plot skipped ({exc})[/]")
 
 
-def _log_dataset_input(ctx: JobContext, result: PreprocessResult) -> None:
+def _log_dataset_input(ctx: JobContext, result: PreprocessResult, data) -> None:
     """Register the training split as an MLflow dataset input of the parent run (schema + profile)."""
     import warnings
 
@@ -107,7 +94,8 @@ def _log_dataset_input(ctx: JobContext, result: PreprocessResult) -> None:
     from mlflow.entities import DatasetInput, InputTag
 
     train_path = Path(result.data_dir) / "train.jsonl"
-    df = pd.read_json(train_path, lines=True)
+    df = pd.DataFrame({"text": [t for t, _ in data.splits["train"]],
+                       "label": [data.labels[l] for _, l in data.splits["train"]]})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
         ds = mlflow.data.from_pandas(df, source=str(train_path), name=f"{ctx.job.config.name}-train", targets="label")

@@ -43,7 +43,7 @@ class TuneResult(BaseModel):
 
 
 def run(ctx: JobContext) -> TuneResult:
-    from autotune.pipeline.preprocess import load_tokens
+    from autotune.training.model import load_tokens
     from autotune.search.tuner import run_search
 
     pre = ctx.results["preprocess"]

@@ -62,16 +62,14 @@ def load_best(ctx: JobContext, checkpoint: str, method: str, knobs: dict):
 
 def run(ctx: JobContext) -> ValidateResult:
     import numpy as np
-    import torch
 
-    from autotune.pipeline.preprocess import load_tokens
     from autotune.training.loop import evaluate, macro_f1
+    from autotune.training.model import load_tokens
 
     cfg = ctx.job.config
     vcfg = cfg.validate_stage
     tune_res = ctx.results["tune"]
     pre = ctx.results["preprocess"]
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     test = load_tokens(pre.tokens_path)["test"]
     labels = test["labels"]
     n = len(labels)

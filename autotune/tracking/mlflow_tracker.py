@@ -110,9 +110,6 @@ class MlflowTracker:
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH], synchronous=True)
 
-    def log_text(self, run_id: str, text: str, path: str) -> None:
-        self.client.log_text(run_id, redact(text), path)
-
     def log_dict(self, run_id: str, data: Any, path: str) -> None:
         import json
 

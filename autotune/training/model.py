@@ -73,13 +73,8 @@ def tokenize_splits(data, tokenizer, max_length: int, cache: Path | None) -> tup
     key = hashlib.sha256(ident).hexdigest()[:20]
     path = cache / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
-        with np.load(path) as npz:
-            out: dict[str, dict[str, Any]] = {}
-            for name in npz.files:
-                split, field = name.split("/")
-                out.setdefault(split, {})[field] = npz[name]
-        return out, True
-    out = {}
+        return load_tokens(path), True
+    out: dict[str, dict[str, Any]] = {}
     for split, rows in data.splits.items():
         enc = tokenizer(
             [t for t, _ in rows], truncation=True, max_length=max_length, padding="max_length", return_tensors="np"
@@ -90,11 +85,29 @@ def tokenize_splits(data, tokenizer, max_length: int, cache: Path | None) -> tup
             "labels": np.array([l for _, l in rows], dtype=np.int64),
         }
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.stem + ".tmp.npz")
-        np.savez(tmp, **{f"{s}/{f}": a for s, d in out.items() for f, a in d.items()})
-        tmp.replace(path)
+        save_tokens(out, path)
     return out, False
+
+
+def save_tokens(tokens: dict[str, dict[str, Any]], path: Path) -> None:
+    """Write tokenized splits as one .npz (keys "split/field"), atomically."""
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, **{f"{s}/{f}": a for s, d in tokens.items() for f, a in d.items()})
+    tmp.replace(path)
+
+
+def load_tokens(path: str | Path) -> dict[str, dict[str, Any]]:
+    import numpy as np
+
+    out: dict[str, dict[str, Any]] = {}
+    with np.load(path) as npz:
+        for name in npz.files:
+            split, field = name.split("/")
+            out.setdefault(split, {})[field] = npz[name]
+    return out
 
 
 def rebuild_trained(cfg: ModelConfig, labels: list[str], method: str, knobs: dict, state: dict):
