@@ -46,7 +46,11 @@ def _preflight(job: ResolvedJob, address: str | None) -> None:
     raise_first_failure(check_all(job, address))
 
 
-def submit(job_path: str | Path, address: str | None = None, force: bool = False, console=None) -> dict[str, Any]:
+def submit(job_path: str | Path, address: str | None = None, force: bool = False, console=None,
+           started_at: float | None = None) -> dict[str, Any]:
+    """Run the job. `started_at`: when the job's clock started (budget.wall_clock_s counts from it); the CLI
+    passes its process start, a library call defaults to now."""
+    started_at = started_at or time.time()
     job = load_job(job_path)
     _preflight(job, address)
     store = StateStore(job.output_dir)
@@ -68,24 +72,28 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
         "# `autotune resume` reads this\n"
         + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
     ))
-    return _run(job, store, address, resume=False, console=console)
+    return _run(job, store, address, resume=False, console=console, started_at=started_at)
 
 
-def resume(output_dir: str | Path, address: str | None = None, console=None) -> dict[str, Any]:
+def resume(output_dir: str | Path, address: str | None = None, console=None,
+           started_at: float | None = None) -> dict[str, Any]:
+    """Continue an interrupted job. A budget (wall_clock_s) counts again from this call."""
+    started_at = started_at or time.time()
     out = Path(output_dir).resolve()
     store = StateStore(out)
     if store.job() is None or not (out / "job.yaml").is_file():
         raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json or job.yaml)"])
     job = load_job(out / "job.yaml")
     _preflight(job, address)
-    return _run(job, store, address, resume=True, console=console)
+    return _run(job, store, address, resume=True, console=console, started_at=started_at)
 
 
-def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:
+def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console,
+         started_at: float) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _run_tracked(job, store, address, resume, console)
+        return _run_tracked(job, store, address, resume, console, started_at)
     except MlflowException as exc:  # outside a stage: opening runs, logging the job; inside one: StageError
         from autotune.errors import TrackingEngineError
 
@@ -93,7 +101,8 @@ def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool,
         raise TrackingEngineError(redact(f"MLflow at {tracking_uri(job)} failed: {first}")) from None
 
 
-def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console) -> dict[str, Any]:
+def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console,
+                 started_at: float) -> dict[str, Any]:
     from autotune.pipeline.context import JobContext
     from autotune.pipeline.runner import run_stages
     from autotune.tracking.mlflow_tracker import MlflowTracker, flatten
@@ -121,7 +130,7 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
         tracker.log_dict(parent, job.space_raw.model_dump(mode="json", exclude_none=True), "job/search_space.json")
         console.print(f"job [bold]{job.config.name}[/] -> {job.output_dir} (MLflow run {parent})")
     ctx = JobContext(job=job, tracker=tracker, parent_run_id=parent, console=console, store=store,
-                     address=address, resume=resume)
+                     address=address, resume=resume, started_at=started_at)
     start = time.time()
     status = "FAILED"
     try:
@@ -156,12 +165,17 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
     t, v, d = ctx.results.get("tune"), ctx.results.get("validate"), ctx.results.get("deploy")
     metric = ctx.job.config.objective.metric
     s: dict[str, Any] = {"job": ctx.job.config.name, "seconds": round(seconds, 1), "output_dir": str(ctx.out),
+                         "wall_clock_seconds": round(time.time() - ctx.started_at, 1),
+                         "wall_clock_budget_s": ctx.job.config.budget.wall_clock_s,
                          "tracking_uri": redact(uri), "mlflow_run_id": ctx.parent_run_id}
     if t is not None:
         s.update({
             "best_trial": f"trial {t.best_number} (Ray {t.best_trial_id})", "method": t.best_method,
             "knobs": t.best_knobs, "trainable_params": t.best_metrics.get("trainable_params"),
             "objective": metric, "objective_value": t.best_metrics.get(metric), "trials": t.counts,
+            "best_rung": t.best_metrics.get("rung"), "best_examples": t.best_metrics.get("examples"),
+            "best_rule": "best validation objective at any evaluated rung of any trial that did not fail "
+                         "(finished, pruned or stopped by the budget); ties go to fewer trainable parameters",
         })
     if v is not None:
         s.update({"test_accuracy": v.test_accuracy, "test_accuracy_ci": v.test_accuracy_ci,
@@ -177,14 +191,16 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
 def _print_summary(console, s: dict[str, Any]) -> None:
     from rich.table import Table
 
-    table = Table(title=f"AutoTune job '{s['job']}' finished in {s['seconds']:.0f} s", show_header=False)
+    budget = f" (budget {s['wall_clock_budget_s']:.0f} s)" if s.get("wall_clock_budget_s") else ""
+    table = Table(title=f"AutoTune job '{s['job']}' finished in {s['wall_clock_seconds']:.0f} s{budget}", show_header=False)
     table.add_column(style="bold")
     table.add_column()
     rows = []
     if "method" in s:
         knobs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s["knobs"].items())
         rows += [
-            ("best trial", f"{s['best_trial']}: {s['method']} ({knobs})"),
+            ("best trial", f"{s['best_trial']}: {s['method']} ({knobs}), at rung {int(s['best_rung'] or 0)} "
+                           f"({int(s['best_examples'] or 0):,} training examples seen)"),
             ("trainable params", f"{int(s['trainable_params'] or 0):,}"),
             (s["objective"].replace("_", " "), f"{s['objective_value']:.4f}"),
             ("trials", ", ".join(f"{k} {v}" for k, v in s["trials"].items())),
@@ -219,6 +235,10 @@ def status(output_dir: str | Path) -> dict[str, Any]:
                             "stages": {k: v.status for k, v in stages.items()}, "trials": {}, "best": None}
     job = load_job(out / "job.yaml")
     try:
+        import json
+        from types import SimpleNamespace
+
+        from autotune.search.best import BEST_TAG, best_record
         from autotune.tracking.mlflow_tracker import STATUS_TAG, MlflowTracker
 
         tracker = MlflowTracker(tracking_uri(job), state.experiment)
@@ -226,16 +246,16 @@ def status(output_dir: str | Path) -> dict[str, Any]:
                                           filter_string=f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
         metric, mode = job.config.objective.metric, job.config.objective.mode
         counts: dict[str, int] = {}
-        best = None
+        trials = []
         for r in runs:
             st = r.data.tags.get(STATUS_TAG, "running")
             counts[st] = counts.get(st, 0) + 1
-            v = r.data.metrics.get(metric)
-            if v is not None and st in ("finished", "pruned"):
-                better = best is None or (v > best[0] if mode == "max" else v < best[0])
-                if better:
-                    best = (v, r.info.run_name, r.data.params.get("method"))
+            trials.append(SimpleNamespace(
+                number=int(r.data.params.get("trial_number", -1)), status=st, name=r.info.run_name,
+                method=r.data.params.get("method"), best=json.loads(r.data.tags.get(BEST_TAG, "{}"))))
         info["trials"] = counts
+        b = best_record(trials, metric, mode)
+        best = (b.best[metric], b.name, b.method) if b else None
         info["best"] = {"value": best[0], "trial": best[1], "method": best[2], "metric": metric} if best else None
     except Exception as exc:  # noqa: BLE001 - status must work even when the store is unreachable
         info["tracking_error"] = redact(str(exc))[:300]

@@ -34,6 +34,13 @@ def _user_errors(on_interrupt: str | None = None):
         raise typer.Exit(130) from None
 
 
+def _process_start() -> float:
+    """budget.wall_clock_s counts from the start of this process (imports and Ray start-up included)."""
+    from autotune.search.budget import process_start_time
+
+    return process_start_time()
+
+
 def _fail(exc: AutotuneError) -> None:
     if isinstance(exc, ConfigError):
         typer.echo(f"error: {len(exc.problems)} problem(s) found:", err=True)
@@ -53,7 +60,14 @@ def validate(job: Path = typer.Argument(..., help="Job YAML file.")) -> None:
         resolved = api.validate(job)
     methods = ", ".join(f"{m} ({len(k)} knobs)" for m, k in resolved.space.methods.items())
     typer.echo(f"{job}: ok - job '{resolved.config.name}', methods: {methods}; "
-               f"{resolved.config.budget.num_trials} trials -> {resolved.output_dir}")
+               f"{_trials_text(resolved.config.budget)} -> {resolved.output_dir}")
+
+
+def _trials_text(budget) -> str:
+    if budget.num_trials is None and (budget.wall_clock_s or budget.time_budget_s):
+        secs = budget.wall_clock_s or budget.time_budget_s
+        return f"as many trials as fit in {secs:g} s" + (" (whole job)" if budget.wall_clock_s else " (search)")
+    return f"{budget.trials} trials"
 
 
 @app.command()
@@ -84,7 +98,7 @@ def submit(
     from autotune import api
 
     with _user_errors(on_interrupt="interrupted: finished trials are kept; continue with `autotune resume OUTPUT_DIR`"):
-        api.submit(job, address=address, force=force)
+        api.submit(job, address=address, force=force, started_at=_process_start())
 
 
 @app.command()
@@ -96,7 +110,7 @@ def resume(
     from autotune import api
 
     with _user_errors(on_interrupt="interrupted: continue again with `autotune resume OUTPUT_DIR`"):
-        api.resume(output_dir, address=address)
+        api.resume(output_dir, address=address, started_at=_process_start())
 
 
 @app.command()

@@ -84,3 +84,26 @@ def test_tokenization_is_cached_by_fingerprint_tokenizer_and_length(tmp_path, ti
     _, hit3 = tokenize_splits(data, tok, 24, tmp_path)  # another max_length is another entry
     assert hit3 is False
     assert first["train"]["input_ids"].shape == (len(data.splits["train"]), 16)
+
+
+def test_split_column_keeps_the_files_own_split(tmp_path):
+    from autotune.config.job import DataConfig
+    from autotune.data.prepare import prepare
+    from autotune.errors import DataError
+
+    path = tmp_path / "given.csv"
+    rows = [("good film", "pos", "train"), ("bad film", "neg", "train"), ("great plot", "pos", "Training"),
+            ("awful plot", "neg", "train"), ("nice one", "pos", "validation"), ("poor one", "neg", "val"),
+            ("lovely", "pos", "test"), ("dreadful", "neg", "dev")]
+    path.write_text("text,label,split\n" + "".join(f"{t},{l},{s}\n" for t, l, s in rows))
+    data = prepare(path, DataConfig(path="given.csv", split_column="split", max_examples=10))
+    texts = {k: sorted(t for t, _ in v) for k, v in data.splits.items()}
+    assert texts == {"train": ["awful plot", "bad film", "good film", "great plot"],
+                     "validation": ["dreadful", "nice one", "poor one"], "test": ["lovely"]}
+    path.write_text(path.read_text().replace("lovely,pos,test", "lovely,pos,holdout"))
+    with pytest.raises(DataError, match=r"column 'split' \(data.split_column\) must say train, validation or test "
+                                        r"in every row \(got line 8: 'holdout'\)"):
+        prepare(path, DataConfig(path="given.csv", split_column="split"))
+    with pytest.raises(DataError, match=r"gives no rows to test"):
+        path.write_text(path.read_text().replace("lovely,pos,holdout", "lovely,pos,train"))
+        prepare(path, DataConfig(path="given.csv", split_column="split"))

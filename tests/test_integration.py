@@ -15,8 +15,11 @@ pytestmark = pytest.mark.ray
 
 
 def job_yaml(tmp_path: Path, model_dir: Path, data: Path, body: str, name: str = "itest") -> Path:
-    p = tmp_path / f"{name}.yaml"
-    p.write_text(textwrap.dedent(f"""
+    """A job file: common settings for the tiny model, with `body` merged over them (section by section:
+    the loader refuses duplicate keys, so the body cannot simply be appended)."""
+    import yaml
+
+    base = yaml.safe_load(textwrap.dedent(f"""
         name: {name}
         output_dir: {tmp_path / 'out'}
         seed: 0
@@ -26,7 +29,14 @@ def job_yaml(tmp_path: Path, model_dir: Path, data: Path, body: str, name: str =
         objective: {{metric: val_loss}}
         budget: {{max_concurrent_trials: 1, resources_per_trial: {{cpu: 1}}}}
         scheduler: {{kind: asha, grace_period: 1, reduction_factor: 2}}
-    """) + textwrap.dedent(body))
+    """))
+    for key, value in (yaml.safe_load(textwrap.dedent(body)) or {}).items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            base[key] = {**base[key], **value}
+        else:
+            base[key] = value
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(base, sort_keys=False))
     return p
 
 

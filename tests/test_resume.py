@@ -16,18 +16,27 @@ from tests.test_integration import job_yaml
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def finished_trials(storage: str) -> dict[str, str]:
-    """ray_trial_id -> state of the trials Optuna holds as COMPLETE or PRUNED."""
+def trial_states(storage: str) -> list[tuple[str, str, int]]:
+    """(ray_trial_id, state, number of intermediate values) of every Optuna trial of the study."""
     import optuna
 
     try:
         study = optuna.load_study(study_name="killme", storage=storage)
     except Exception:  # noqa: BLE001 - the study may not exist yet
-        return {}
-    return {t.user_attrs.get("ray_trial_id"): t.state.name for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")}
+        return []
+    return [(t.user_attrs.get("ray_trial_id"), t.state.name, len(t.intermediate_values)) for t in study.trials]
 
 
-def test_sigkill_then_resume(tiny_model_dir, synthetic_csv, tmp_path):
+def finished_trials(storage: str) -> dict[str, str]:
+    """ray_trial_id -> state of the trials Optuna holds as COMPLETE or PRUNED."""
+    return {rid: st for rid, st, _ in trial_states(storage) if st in ("COMPLETE", "PRUNED")}
+
+
+@pytest.mark.parametrize("when", ["mid_trial", "trial_start"])
+def test_sigkill_then_resume(tiny_model_dir, synthetic_csv, tmp_path, when):
+    """`mid_trial`: the kill lands after the third trial reported a rung (it continues from its checkpoint).
+    `trial_start`: the kill lands as soon as Optuna handed out the third trial - usually before Tune saved it,
+    leaving an Optuna trial (and maybe an MLflow run) no Ray trial knows: resume adopts it, one record."""
     from mlflow.tracking import MlflowClient
 
     job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, """
@@ -44,13 +53,19 @@ def test_sigkill_then_resume(tiny_model_dir, synthetic_csv, tmp_path):
     storage = f"sqlite:///{out / 'optuna.db'}"
     driver = subprocess.Popen([sys.executable, "-m", "autotune.cli", "submit", str(job)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # wait for the event the kill needs (not a sleep that hopes to land in the middle of a trial)
+    need = 1 if when == "mid_trial" else 0
     deadline = time.time() + 240
-    while time.time() < deadline and len(finished_trials(storage)) < 2:
+    while time.time() < deadline:
+        states = trial_states(storage)
+        done = [s for s in states if s[1] in ("COMPLETE", "PRUNED")]
+        running = [s for s in states if s[1] == "RUNNING" and s[2] >= need]
+        if len(done) >= 2 and running:
+            break
         assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
-        time.sleep(0.5)
-    before = finished_trials(storage)
-    assert len(before) >= 2, "the search did not get going"
-    time.sleep(1.5)  # land the kill in the middle of the next trial
+        time.sleep(0.05 if when == "trial_start" else 0.3)
+    else:
+        pytest.fail(f"the search never reached the kill point ({when})")
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(2)
@@ -73,8 +88,8 @@ def test_sigkill_then_resume(tiny_model_dir, synthetic_csv, tmp_path):
     import optuna
 
     study = optuna.load_study(study_name="killme", storage=storage)
-    ray_ids = [t.user_attrs.get("ray_trial_id") for t in study.trials if not t.user_attrs.get("autotune.orphaned")]
-    assert len(ray_ids) == len(set(ray_ids)) == 6  # every trial exactly once
+    ray_ids = [t.user_attrs.get("ray_trial_id") for t in study.trials]
+    assert len(ray_ids) == len(set(ray_ids)) == 6  # every trial exactly once: an orphan is adopted, not re-run
     assert not [t for t in study.trials if t.state.name == "RUNNING"]
 
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")

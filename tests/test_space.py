@@ -24,15 +24,17 @@ def space():
 
 def test_fixed_trial_samples_only_the_chosen_methods_knobs(space):
     trial = optuna.trial.FixedTrial({"method": "lora", "lora.learning_rate": 1e-3, "lora.rank": 4, "lora.alpha": 16.0,
-                                     "lora.target_modules": "query,key,value,dense"})
+                                     "lora.target_modules": "query,key,value,dense", "lora.epochs": 1.5,
+                                     "lora.batch_size": 32})
     constants = space.define_by_run(trial)
     assert constants == {"lora.dropout": 0.05}  # fixed knobs come back as constants, not suggestions
     config = {"method": "lora", **trial.params, **constants}
-    assert set(trial.params) == {"method", "lora.learning_rate", "lora.rank", "lora.alpha", "lora.target_modules"}
+    assert set(trial.params) == {"method", "lora.learning_rate", "lora.rank", "lora.alpha", "lora.target_modules",
+                                 "lora.epochs", "lora.batch_size"}
     method, knobs = space.decode(config)
     assert method == "lora"
     assert knobs == {"learning_rate": 1e-3, "rank": 4, "alpha": 16.0, "dropout": 0.05,
-                     "target_modules": ["query", "key", "value", "dense"]}
+                     "target_modules": ["query", "key", "value", "dense"], "epochs": 1.5, "batch_size": 32}
     REGISTRY["lora"].Params(**knobs)
 
 

@@ -28,6 +28,14 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from autotune.config.errors import describe, show
 
 
+class PortfolioPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str = Field(..., description="Method of the configuration.")
+    knobs: dict[str, Any] = Field(default_factory=dict, description="Its knob values (missing ones are sampled).")
+    why: str | None = Field(None, description="Where it comes from (measured on which data sets).")
+
+
 class SearchSpace(BaseModel):
     """The raw space as written. `compile_space` checks it against the method registry."""
 
@@ -36,6 +44,11 @@ class SearchSpace(BaseModel):
     description: str | None = Field(None, description="Free text: what this space is for.")
     methods: dict[str, dict[str, Any]] = Field(
         ..., min_length=1, description="method name -> {knob: fixed value | {low, high, log, step} | {choices: [...]}}."
+    )
+    portfolio: list[PortfolioPoint] = Field(
+        default_factory=list,
+        description="Configurations tried first (search.portfolio: true), in the order given: each names a method and "
+                    "some of its knobs; knobs outside this space's ranges, and methods not in it, are left out.",
     )
 
 
@@ -72,6 +85,40 @@ class Knob:
 @dataclass(frozen=True)
 class CompiledSpace:
     methods: dict[str, tuple[Knob, ...]]
+    portfolio: tuple[tuple[str, dict[str, Any]], ...] = ()  # (method, knobs) inside the space, in order
+
+    def max_value(self, short: str, default: float) -> float:
+        """Largest value a knob (e.g. `epochs`) can take in any method; `default` where a method leaves it unset."""
+        best = None
+        for knobs in self.methods.values():
+            by_short = {k.name.split(".", 1)[1]: k for k in knobs}
+            k = by_short.get(short)
+            if k is None or (k.kind == "fixed" and k.value is None):
+                v = default
+            elif k.kind == "fixed":
+                v = k.value
+            elif k.kind == "categorical":
+                v = max((default if c is None else float(c)) for c in k.choices)
+            else:
+                v = k.high
+            best = v if best is None else max(best, v)
+        return float(best if best is not None else default)
+
+    def contains(self, method: str, knobs: dict[str, Any]) -> dict[str, Any]:
+        """The knobs of (method, knobs) that are searched by this space and lie inside it (others dropped)."""
+        by_short = {k.name.split(".", 1)[1]: k for k in self.methods.get(method, ())}
+        kept = {}
+        for short, value in knobs.items():
+            k = by_short.get(short)
+            if k is None or k.kind == "fixed":
+                continue
+            if k.kind == "categorical":
+                enc = ",".join(map(str, value)) if k.list_valued and isinstance(value, list) else value
+                if enc in k.choices:
+                    kept[short] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and k.low <= value <= k.high:
+                kept[short] = value
+        return kept
 
     def define_by_run(self, trial) -> dict[str, Any]:
         """Optuna define-by-run: pick the method first, then only that method's knobs.
@@ -158,9 +205,26 @@ def compile_space(space: SearchSpace, source: str, prefix: str = "") -> tuple[Co
             mine += _check_combinations(method, out, source, mpath)
         problems += mine
         compiled[method_name] = tuple(out)
+    portfolio = []
+    for i, point in enumerate(space.portfolio):
+        if point.method not in REGISTRY:
+            problems.append(f"{source}: {where}portfolio[{i}].method: unknown method (known: {', '.join(sorted(REGISTRY))})")
+            continue
+        if point.method not in compiled:
+            continue  # a shipped portfolio may name methods a narrowed space left out
+        method = REGISTRY[point.method]
+        try:
+            method.Params(**point.knobs)
+        except ValidationError as exc:
+            problems += [f"{source}: {where}portfolio[{i}].knobs{''.join('.' + str(x) for x in e['loc'])}: {describe(e)}"
+                         for e in exc.errors(include_url=False)]
+            continue
+        portfolio.append((point.method, point.knobs))
     if problems:
         return None, problems
-    return CompiledSpace(compiled), []
+    space_c = CompiledSpace(compiled)
+    kept = tuple((m, space_c.contains(m, k)) for m, k in portfolio)
+    return CompiledSpace(compiled, kept), []
 
 
 def _check_combinations(method, knobs: list[Knob], source: str, mpath: str) -> list[str]:

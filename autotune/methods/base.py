@@ -22,6 +22,10 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     learning_rate: float = Field(1e-4, gt=0, le=1.0, description="Peak AdamW learning rate (linear warmup, linear decay).")
+    epochs: float | None = Field(
+        None, gt=0, le=1000, description="Passes over the training split for this trial. null = training.epochs."
+    )
+    batch_size: int | None = Field(None, ge=1, le=4096, description="Training batch size of this trial. null = training.batch_size.")
 
 
 class Prepared:
@@ -82,6 +86,8 @@ class Method:
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    cost_rank: ClassVar[int] = 50  # relative cost of a training step (lower = cheaper): start-up trials go cheapest first
+    frozen_encoder: ClassVar[bool] = False  # trains only the classifier: trials run on cached pooled features
     Params: ClassVar[type[MethodParams]] = MethodParams
 
     def apply(self, model: "nn.Module", params: MethodParams, ctx: "ApplyContext") -> Prepared:

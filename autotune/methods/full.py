@@ -30,6 +30,7 @@ class FullParams(MethodParams):
 
 class FullMethod(Method):
     name = "full"
+    cost_rank = 50  # every weight trains
     summary = "all weights, or the last k / listed encoder layers"
     Params = FullParams
 

@@ -14,6 +14,8 @@ class HeadParams(MethodParams):
 
 class HeadMethod(Method):
     name = "head"
+    cost_rank = 10  # on cached encoder features: a linear layer
+    frozen_encoder = True
     summary = "classifier head only; encoder frozen"
     Params = HeadParams
 

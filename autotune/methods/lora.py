@@ -28,6 +28,7 @@ class LoraPrepared(Prepared):
 
 class LoraMethod(Method):
     name = "lora"
+    cost_rank = 30  # no weight gradients or optimizer state for the encoder
     summary = "low-rank adapters (peft), merged at export"
     Params = LoraParams
 

@@ -73,6 +73,7 @@ class SparsePrepared(Prepared):
 
 class SparseMethod(Method):
     name = "sparse"
+    cost_rank = 40  # dense gradients, sparse updates
     summary = "a tiny set of critical weights (indices + deltas), chosen by magnitude/gradient/random"
     Params = SparseParams
 

@@ -18,6 +18,7 @@ class JobContext:
     store: StateStore
     address: str | None = None
     resume: bool = False
+    started_at: float = 0.0  # wall-clock start of this process (budget.wall_clock_s counts from here)
     results: dict[str, Any] = field(default_factory=dict)  # stage name -> typed result model
 
     @property

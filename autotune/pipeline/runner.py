@@ -40,11 +40,16 @@ def run_stages(ctx: JobContext) -> None:
         try:
             result = fn(ctx)
         except BaseException as exc:
-            state.status = "failed"
+            state.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             state.finished_at = time.time()
-            state.error = redact(str(exc) if isinstance(exc, AutotuneError) else traceback.format_exc()[-4000:])
+            if isinstance(exc, KeyboardInterrupt):
+                state.error = "interrupted (Ctrl-C); `autotune resume` continues from here"
+            else:
+                state.error = redact(str(exc) if isinstance(exc, AutotuneError) else traceback.format_exc()[-4000:])
             ctx.store.save_stage(state)
             if isinstance(exc, (AutotuneError, KeyboardInterrupt)):
+                if isinstance(exc, KeyboardInterrupt):
+                    ctx.tracker.set_tags(ctx.parent_run_id, {f"autotune.stage.{name}": "interrupted"})
                 raise
             raise StageError(redact(f"stage {name} failed: {type(exc).__name__}: {exc}")) from exc
         ctx.results[name] = result

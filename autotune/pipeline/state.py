@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
+StageStatus = Literal["pending", "running", "succeeded", "failed", "interrupted", "skipped"]
 STAGES = ("preprocess", "tune", "validate", "deploy")
 
 

@@ -17,8 +17,9 @@ class TrialRow(BaseModel):
     number: int
     method: str
     knobs: dict[str, Any]
-    status: str
-    metrics: dict[str, float]
+    status: str  # finished | pruned | stopped | failed
+    metrics: dict[str, float]  # at its last rung
+    best: dict[str, float] = {}  # at its best rung (what the best-trial rule compares)
     error: str | None = None
     seconds: float | None = None
     run_id: str | None = None
@@ -49,19 +50,26 @@ def run(ctx: JobContext) -> TuneResult:
     pre = ctx.results["preprocess"]
     tokens = load_tokens(pre.tokens_path)
     start = time.time()
+    clock = search_clock(ctx, tokens, start)
+    if clock.budgeted:
+        ctx.console.print(f"budget: the search may run {clock.left():.0f} s (validate and deploy get "
+                          f"~{clock.reserve_s():.0f} s after it; re-estimated from the trials as they report)")
     outcome = run_search(ctx.job, pre.labels, tokens, ctx.tracker, ctx.parent_run_id, ctx.console,
-                         address=ctx.address, resume=ctx.resume)
+                         address=ctx.address, resume=ctx.resume, clock=clock)
     seconds = time.time() - start
     rows = [
         TrialRow(trial_id=r.trial_id, number=r.number, method=r.method, knobs=r.knobs, status=r.status,
-                 metrics={k: float(v) for k, v in r.metrics.items()}, error=r.error,
+                 metrics={k: float(v) for k, v in r.metrics.items()},
+                 best={k: float(v) for k, v in r.best.items()}, error=r.error,
                  seconds=(r.ended - r.started) if r.ended else None, run_id=r.run_id)
         for r in outcome.records
     ]
-    counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "failed")}
+    counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "stopped", "failed")}
     metric, mode = ctx.job.config.objective.metric, ctx.job.config.objective.mode
-    heads = [r for r in outcome.records if r.method == "head" and metric in r.metrics and r.trial_id in outcome.checkpoints]
-    head = (max if mode == "max" else min)(heads, key=lambda r: r.metrics[metric]) if heads else None
+    from autotune.search.best import best_record
+
+    head = best_record([r for r in outcome.records if r.method == "head" and r.trial_id in outcome.checkpoints],
+                       metric, mode)
     best = outcome.best
     if outcome.best_checkpoint is None:
         from autotune.errors import StageError
@@ -69,7 +77,7 @@ def run(ctx: JobContext) -> TuneResult:
         raise StageError(f"the best trial {best.trial_id} left no checkpoint under {outcome.experiment_path}")
     result = TuneResult(
         best_trial_id=best.trial_id, best_number=best.number, best_method=best.method, best_knobs=best.knobs,
-        best_metrics={k: float(v) for k, v in best.metrics.items()}, best_checkpoint=outcome.best_checkpoint,
+        best_metrics={k: float(v) for k, v in best.best.items()}, best_checkpoint=outcome.best_checkpoint,
         head_checkpoint=outcome.checkpoints.get(head.trial_id) if head else None,
         head_knobs=head.knobs if head else None, counts=counts, study_name=outcome.study_name,
         storage_url=redact(outcome.storage_url), experiment_path=outcome.experiment_path, seconds=seconds,
@@ -77,6 +85,23 @@ def run(ctx: JobContext) -> TuneResult:
     )
     _log(ctx, result)
     return result
+
+
+def search_clock(ctx: JobContext, tokens: dict, tune_start: float):
+    """The search's deadlines: budget.wall_clock_s counted from the process start (minus what validate and
+    deploy need), budget.time_budget_s from the start of this stage."""
+    from autotune.search.budget import SearchClock
+
+    budget = ctx.job.config.budget
+    n_val = max(1, len(tokens["validation"]["labels"]))
+    started = ctx.started_at or tune_start
+    return SearchClock(
+        started_at=started,
+        job_deadline=started + budget.wall_clock_s if budget.wall_clock_s else None,
+        search_deadline=tune_start + budget.time_budget_s if budget.time_budget_s else None,
+        test_to_val=len(tokens["test"]["labels"]) / n_val,
+        int8=ctx.job.config.deploy.int8,
+    )
 
 
 def _log(ctx: JobContext, result: TuneResult) -> None:
@@ -100,7 +125,7 @@ def _log(ctx: JobContext, result: TuneResult) -> None:
 
 def write_trials_csv(rows: list[TrialRow], path) -> None:
     cols = ["number", "trial_id", "method", "status", "val_accuracy", "val_macro_f1", "val_loss", "trainable_params",
-            "optimizer_state_bytes", "rung", "seconds", "knobs", "error"]
+            "optimizer_state_bytes", "rung", "best_rung", "best_val_accuracy", "seconds", "knobs", "error"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -108,5 +133,6 @@ def write_trials_csv(rows: list[TrialRow], path) -> None:
             m = r.metrics
             w.writerow([r.number, r.trial_id, r.method, r.status, m.get("val_accuracy"), m.get("val_macro_f1"),
                         m.get("val_loss"), m.get("trainable_params"), m.get("optimizer_state_bytes"), m.get("rung"),
+                        r.best.get("rung"), r.best.get("val_accuracy"),
                         f"{r.seconds:.1f}" if r.seconds else "", " ".join(f"{k}={v}" for k, v in r.knobs.items()),
                         r.error or ""])

@@ -14,13 +14,14 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from autotune.config.space import CompiledSpace
+from autotune.search.best import BEST_TAG, best_record
 from autotune.search.callbacks_keys import NUMBER_KEY
 from autotune.redact import redact
-from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, MlflowTracker
+from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, TRIAL_ID_TAG, MlflowTracker
 
 LOGGED_METRICS = (
     "val_accuracy", "val_macro_f1", "val_loss", "train_loss", "trainable_params", "optimizer_state_bytes",
-    "epoch", "seconds", "samples_per_s",
+    "epoch", "examples", "seconds", "samples_per_s",
 )
 
 
@@ -34,8 +35,9 @@ class TrialRecord:
     number: int
     method: str
     knobs: dict[str, Any]
-    status: str = "running"  # running | finished | pruned | failed
-    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "running"  # running | finished | pruned | stopped (budget / interrupt) | failed
+    metrics: dict[str, float] = field(default_factory=dict)  # at the last rung reported
+    best: dict[str, float] = field(default_factory=dict)  # at the best rung so far: every rung is a candidate
     error: str | None = None
     run_id: str | None = None
     last_step: int = 0  # highest rung already logged to MLflow (a restored trial may replay some)
@@ -80,8 +82,11 @@ class TrialBook(Callback):
     """The driver's record of every trial (status, last metrics) and its MLflow child run."""
 
     def __init__(self, space: CompiledSpace, tracker: MlflowTracker | None, parent_run_id: str | None,
-                 console=None, total: int = 0, metric: str = "val_accuracy", mode: str = "max"):
+                 console=None, total: int = 0, metric: str = "val_accuracy", mode: str = "max", clock=None):
         self.space = space
+        self.clock = clock  # SearchClock: learns setup, eval and first-rung seconds from the reports
+        self.rung_log = None  # path of a JSON-lines file: one line per evaluated rung (time since job start)
+        self.orphan_runs: dict[int, str] = {}  # trial number -> MLflow run of a crashed driver's orphan trial
         self.tracker = tracker
         self.parent = parent_run_id
         self.console = console
@@ -113,6 +118,9 @@ class TrialBook(Callback):
         if self.tracker is None:
             return
         created = False
+        if rec.run_id is None and rec.number in self.orphan_runs:  # the adopted orphan keeps its MLflow run
+            rec.run_id = self.orphan_runs.pop(rec.number)
+            self.tracker.set_tags(rec.run_id, {TRIAL_ID_TAG: trial.trial_id})
         if rec.run_id is None:
             rec.run_id, created = self.tracker.child_for_trial(
                 self.parent, trial.trial_id, f"trial-{rec.number:03d}-{method}",
@@ -136,6 +144,20 @@ class TrialBook(Callback):
             return
         rec.metrics = {k: result[k] for k in (*LOGGED_METRICS, "rung", "total_rungs") if k in result}
         step = int(result.get("rung", 0))
+        if self.clock is not None:
+            self.clock.observe(rec.method, result, time.time() - rec.started)
+        improved = self.metric in result and (
+            self.metric not in rec.best or self._sign * result[self.metric] > self._sign * rec.best[self.metric])
+        if self.rung_log is not None and self.metric in result:
+            t0 = self.clock.started_at if self.clock is not None else self.start
+            line = {"t": round(time.time() - t0, 2), "trial": rec.number, "method": rec.method, "rung": step,
+                    "examples": result.get("examples"), self.metric: result[self.metric]}
+            with open(self.rung_log, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+        if improved:  # strictly better: on a tie the earlier (cheaper) rung stays the candidate
+            rec.best = dict(rec.metrics)
+            if self.tracker is not None and rec.run_id:
+                self.tracker.set_tags(rec.run_id, {BEST_TAG: json.dumps(rec.best)})
         if self.tracker is not None and rec.run_id and result.get("node_id") and result["node_id"] != rec.node:
             rec.node = result["node_id"]  # where it ran (again after a retry on another node)
             rec.node_ips.append(str(result.get("node_ip")))
@@ -179,27 +201,48 @@ class TrialBook(Callback):
         if self.console is not None:
             self._print(rec)
 
+    @property
+    def _sign(self) -> int:
+        return 1 if self.mode == "max" else -1
+
     def best(self) -> TrialRecord | None:
-        done = [r for r in self.records.values() if r.status in ("finished", "pruned") and self.metric in r.metrics]
-        if not done:
-            return None
-        sign = 1 if self.mode == "max" else -1
-        # full-length trials first, then the objective, then - on a tie - fewer trainable parameters
-        return max(done, key=lambda r: (r.status == "finished", sign * r.metrics[self.metric],
-                                        -r.metrics.get("trainable_params", 0)))
+        """THE best-trial rule: the best objective at any evaluated rung of any trial that did not fail
+        (finished, pruned by ASHA, or stopped by the budget); on a tie, fewer trainable parameters."""
+        return best_record(self.records.values(), self.metric, self.mode)
+
+    def late_rung(self, rec: TrialRecord, metrics: dict[str, Any]) -> None:
+        """A rung the trial evaluated and checkpointed as Tune stopped it, whose result never reached
+        on_trial_result: recorded like any other (MLflow step, rung log, candidate)."""
+        self.on_trial_result(0, [], _Reported(rec.trial_id), {**metrics, "method": rec.method})
+
+    def close_unfinished(self, reason: str) -> list[TrialRecord]:
+        """Trials Tune stopped without telling its callbacks (the budget ran out, the user interrupted):
+        recorded as `stopped` with their last metrics, their MLflow run ended KILLED with the reason."""
+        closed = []
+        for rec in self.records.values():
+            if rec.status != "running":
+                continue
+            rec.status, rec.ended = "stopped", time.time()
+            rec.error = None
+            if self.tracker is not None and rec.run_id:
+                self.tracker.set_tags(rec.run_id, {"autotune.stop_reason": reason})
+            self._close(rec, "KILLED")
+            closed.append(rec)
+        return closed
 
     def _print(self, rec: TrialRecord) -> None:
         done = sum(r.status != "running" for r in self.records.values())
+        of = f"/{self.total}" if self.total else ""
         knobs = " ".join(f"{k}={_fmt(v)}" for k, v in rec.knobs.items())
-        colour = {"finished": "green", "pruned": "yellow", "failed": "red"}[rec.status]
+        colour = {"finished": "green", "pruned": "yellow", "stopped": "yellow", "failed": "red"}.get(rec.status, "white")
         value = rec.metrics.get(self.metric)
         what = f"{self.metric}={value:.4f}" if value is not None else rec.error or ""
         best = self.best()
-        best_txt = f" | best {best.metrics[self.metric]:.4f} (trial {best.number}, {best.method})" if best else ""
+        best_txt = f" | best {best.best[self.metric]:.4f} (trial {best.number}, {best.method})" if best else ""
         secs = (rec.ended or time.time()) - rec.started
         elapsed = time.time() - self.start
         self.console.print(
-            f"[{done}/{self.total}] trial {rec.number:>3} [bold]{rec.method:<6}[/] [{colour}]{rec.status:<8}[/] "
+            f"[{done}{of}] trial {rec.number:>3} [bold]{rec.method:<6}[/] [{colour}]{rec.status:<8}[/] "
             f"{what} ({secs:.0f} s) {knobs}{best_txt}  [dim]{elapsed:.0f} s elapsed[/]",
             highlight=False,
         )
@@ -213,15 +256,28 @@ def _fmt(v):
     return str(v)
 
 
-class FailureGuard(Stopper):
-    """Stops the whole search after N consecutive failed trials (a broken setup, not bad luck)."""
+@dataclass
+class _Reported:
+    trial_id: str
 
-    def __init__(self, book: TrialBook, limit: int):
+
+class FailureGuard(Stopper):
+    """Stops the whole search after N consecutive failed trials (a broken setup, not bad luck), and when
+    the budget's deadline has passed (`clock`)."""
+
+    def __init__(self, book: TrialBook, limit: int, clock=None):
         self.book = book
         self.limit = limit
+        self.clock = clock
+        self.deadline_hit = False
 
     def __call__(self, trial_id, result) -> bool:
         return False
 
     def stop_all(self) -> bool:
+        if self.clock is not None and self.clock.budgeted and self.clock.expired():
+            self.deadline_hit = True
+        return self.too_many_failures() or self.deadline_hit
+
+    def too_many_failures(self) -> bool:
         return self.book.consecutive_failures >= self.limit

@@ -21,10 +21,11 @@ def method_stratified_asha(**kwargs):
             self._by_method: dict[str, list] = {}
 
         def on_trial_add(self, tune_controller, trial):
-            super().on_trial_add(tune_controller, trial)  # checks metric/mode
+            super().on_trial_add(tune_controller, trial)  # checks metric/mode, draws a bracket as ASHA does
+            drawn = self._brackets.index(self._trial_info[trial.trial_id])
             method = trial.config.get("method", "")
             brackets = self._by_method.setdefault(method, copy.deepcopy(self._template))
-            self._trial_info[trial.trial_id] = brackets[0]
+            self._trial_info[trial.trial_id] = brackets[drawn]  # the same bracket, of this method's own set
 
         def debug_string(self) -> str:
             return "Method-stratified ASHA: " + ", ".join(

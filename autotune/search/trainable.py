@@ -27,6 +27,7 @@ class TrialSpec:
     seed: int
     cpus: float
     gpus: float = 0.0
+    cache_features: bool = True  # methods with a frozen encoder train on cached pooled features
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str, Any]]) -> None:
@@ -38,24 +39,35 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     from autotune.training.loop import batches, train
     from autotune.training.model import build_model
 
+    import time
+
+    setup_start = time.perf_counter()
     # concurrent trials on one box thrash unless each uses only its CPU share
     torch.set_num_threads(max(1, int(spec.cpus)))
     method_name, knobs = spec.space.decode(config)
     method = get_method(method_name)
     params = method.Params(**knobs)  # raises on a bad knob combination: the trial fails, the search goes on
+    training = trial_training(spec.training, params)
 
     torch.manual_seed(spec.seed)  # same head init for every trial of the job
     model = build_model(spec.model, spec.labels)
     restored, start_step = _restore(tune.get_checkpoint())
     calib = []
     if restored is None and getattr(params, "selection", None) == "gradient":
-        calib = list(batches(data["train"], spec.training.batch_size))[:4]
+        calib = list(batches(data["train"], training.batch_size))[:4]
     prepared = method.apply(model, params, ApplyContext(seed=spec.seed, calibration_batches=calib,
                                                         restore_state=restored))
     if restored is not None:  # a retried or resumed trial continues from its last rung
         prepared.load_trainable_state(restored)
     if spec.gpus > 0 and torch.cuda.is_available():
         prepared.model.to("cuda")  # Ray set CUDA_VISIBLE_DEVICES to this trial's (share of a) GPU
+    setup_seconds = time.perf_counter() - setup_start  # model load + method apply (budget planning)
+    if method.frozen_encoder and spec.cache_features:  # the encoder never changes: train the head on its output
+        from autotune.methods.base import Prepared
+        from autotune.training.features import feature_splits, head_on_features
+
+        data, _ = feature_splits(prepared.model, spec.model, data, spec.training.eval_batch_size)
+        prepared = Prepared(head_on_features(prepared.model), describe=prepared.describe + " (cached features)")
 
     import ray
 
@@ -67,9 +79,16 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
             with open(os.path.join(tmp, RECORD_FILE), "w") as fh:
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
                        "step": int(metrics["step"]), "metrics": metrics}, fh)
-            tune.report(dict(metrics, method=method_name, **where), checkpoint=tune.Checkpoint.from_directory(tmp))
+            tune.report(dict(metrics, method=method_name, setup_seconds=setup_seconds, **where),
+                        checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(prepared, data, spec.training, params.learning_rate, spec.seed, on_rung, start_step=start_step)
+    train(prepared, data, training, params.learning_rate, spec.seed, on_rung, start_step=start_step)
+
+
+def trial_training(training: TrainingConfig, params) -> TrainingConfig:
+    """The job's training settings with the trial's own `epochs` / `batch_size` knobs, where it has them."""
+    update = {k: getattr(params, k) for k in ("epochs", "batch_size") if getattr(params, k, None) is not None}
+    return training.model_copy(update=update) if update else training
 
 
 def _restore(checkpoint) -> tuple[dict | None, int]:

@@ -4,6 +4,7 @@ space, seeded sampler, persistent storage), method-stratified ASHA, resources pe
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -12,9 +13,7 @@ from typing import Any
 
 from autotune.config.loader import ResolvedJob
 from autotune.errors import StageError, TooManyFailures
-from autotune.search.callbacks_keys import NUMBER_KEY
-
-JOB_RUN_ATTR = "autotune_job_run"  # Optuna user attr: the MLflow parent run of the job that asked for the trial
+from autotune.search.callbacks_keys import JOB_RUN_ATTR
 
 
 @dataclass
@@ -58,40 +57,30 @@ def make_sampler(job: ResolvedJob):
         return optuna.samplers.QMCSampler(seed=seed)
 
 
+def startup_points(job: ResolvedJob) -> list[dict[str, Any]]:
+    """The first trials, as flat Optuna params: the user's initial points, then the space's portfolio
+    (search.portfolio), then one trial for each method not covered yet - all methods ordered cheapest first,
+    so a small budget sees every method once (and the cheapest one's first rung early) before TPE takes over."""
+    from autotune.methods import REGISTRY
+
+    space = job.space
+    user = [(p.method, dict(p.knobs)) for p in job.config.search.initial_points]
+    portfolio = list(space.portfolio) if job.config.search.portfolio else []
+    covered = {m for m, _ in user + portfolio}
+    spread = [(m, {}) for m in space.methods if m not in covered]
+    cost = lambda mk: REGISTRY[mk[0]].cost_rank  # noqa: E731 - stable sort keeps the given order within a method
+    ordered = user + sorted(portfolio + spread, key=cost)
+    return [space.encode_point(m, k) for m, k in ordered]
+
+
 def make_searcher(job: ResolvedJob, storage_url: str, study_name: str, job_run: str | None = None):
     import optuna
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch  # must be imported explicitly in Ray 2.60
 
-    class AutotuneOptunaSearch(OptunaSearch):
-        """Records the Ray trial id on each Optuna trial, and tells Optuna PRUNED for trials the
-        scheduler stopped early (stock OptunaSearch records them as COMPLETE)."""
-
-        def suggest(self, trial_id):
-            config = super().suggest(trial_id)
-            if isinstance(config, dict) and trial_id in self._ot_trials:
-                ot_trial = self._ot_trials[trial_id]
-                ot_trial.set_user_attr("ray_trial_id", trial_id)
-                ot_trial.set_user_attr(JOB_RUN_ATTR, job_run)  # which job asked: a shared study has many
-                # the Optuna trial number names the trial everywhere (console, MLflow, trials.csv)
-                config = {**config, NUMBER_KEY: ot_trial.number}
-            return config
-
-        def on_trial_complete(self, trial_id, result=None, error=False):
-            if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-                return super().on_trial_complete(trial_id, result, error)
-            if result and not error and result.get("rung", 0) < result.get("total_rungs", 0):
-                try:
-                    self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-                except Exception:  # noqa: BLE001 - the study refuses a second tell; keep going
-                    pass
-                self._completed_trials.add(trial_id)
-                return
-            return super().on_trial_complete(trial_id, result, error)
+    from autotune.search.searcher import AutotuneOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(storage_url)
-    points = [job.space.encode_point(p.method, dict(p.knobs)) for p in job.config.search.initial_points]
+    points = startup_points(job)
     return AutotuneOptunaSearch(
         space=job.space.define_by_run,
         metric=job.config.objective.metric,
@@ -100,19 +89,37 @@ def make_searcher(job: ResolvedJob, storage_url: str, study_name: str, job_run: 
         study_name=study_name,
         storage=storage,
         points_to_evaluate=points or None,
+        job_run=job_run,
     )
 
 
-def make_scheduler(job: ResolvedJob, total_rungs: int):
+def fidelity(job: ResolvedJob, n_train: int) -> tuple[int, int]:
+    """(grace, max_t) for ASHA in training examples seen: rungs sit at the same numbers of examples in
+    every trial (see training.loop.rung_steps), whatever its epochs and batch size knobs."""
+    from autotune.training.loop import examples_after, rung_steps
+
+    cfg = job.config
+    max_epochs = job.space.max_value("epochs", cfg.training.epochs)
+    longest = cfg.training.model_copy(update={"epochs": max_epochs})
+    total, rungs = rung_steps(n_train, longest)
+    max_t = examples_after(total, n_train, longest.batch_size)
+    grace_rung = min(cfg.scheduler.grace_period, len(rungs))
+    if cfg.training.evals_per_epoch is not None:
+        grace = math.ceil(grace_rung * n_train / cfg.training.evals_per_epoch)
+    else:
+        grace = math.ceil(cfg.training.first_rung * n_train * cfg.training.rung_growth ** (grace_rung - 1))
+    return max(1, min(grace, max_t)), max(1, max_t)
+
+
+def make_scheduler(job: ResolvedJob, n_train: int):
     cfg = job.config.scheduler
     if cfg.kind == "fifo":
         from ray.tune.schedulers import FIFOScheduler
 
         return FIFOScheduler()
-    kwargs = dict(  # tiny splits can merge rungs: never ask ASHA for a grace longer than the trial
-        time_attr="rung", max_t=total_rungs, grace_period=min(cfg.grace_period, total_rungs),
-        reduction_factor=cfg.reduction_factor,
-    )
+    grace, max_t = fidelity(job, n_train)
+    kwargs = dict(time_attr="examples", max_t=max_t, grace_period=grace, reduction_factor=cfg.reduction_factor,
+                  brackets=cfg.brackets)
     if cfg.per_method:
         from autotune.search.scheduler import method_stratified_asha
 
@@ -157,27 +164,33 @@ def init_ray(job: ResolvedJob, address: str | None) -> None:
         )
 
 
+class SearchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during the search: Tune saved its state; `autotune resume` continues the search."""
+
+
 def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, parent_run_id: str | None,
-               console=None, address: str | None = None, resume: bool = False) -> SearchOutcome:
-    from ray import tune
-
-    from autotune.search.callbacks import FailureGuard, TrialBook
-    from autotune.search.trainable import TrialSpec, run_trial
-    from autotune.training.loop import rung_steps
-
+               console=None, address: str | None = None, resume: bool = False, clock=None) -> SearchOutcome:
+    import signal
     import time
 
+    from ray import tune
+
+    from autotune.search.budget import SearchClock
+    from autotune.search.callbacks import FailureGuard, TrialBook
+    from autotune.search.trainable import TrialSpec, run_trial
+
     cfg = job.config
+    clock = clock or SearchClock()
     t0 = time.perf_counter()
     init_ray(job, address)
     ray_init_seconds = time.perf_counter() - t0
-    _, rungs = rung_steps(len(tokenized["train"]["labels"]), cfg.training)
-    total_rungs = len(rungs)
+    n_train = len(tokenized["train"]["labels"])
     storage_url = optuna_storage_url(job)
     study_name = cfg.search.study_name or cfg.name
-    book = TrialBook(job.space, tracker, parent_run_id, console, cfg.budget.num_trials,
-                     cfg.objective.metric, cfg.objective.mode)
-    guard = FailureGuard(book, cfg.budget.max_consecutive_failures)
+    book = TrialBook(job.space, tracker, parent_run_id, console, cfg.budget.num_trials or 0,
+                     cfg.objective.metric, cfg.objective.mode, clock=clock)
+    book.rung_log = job.output_dir / "rungs.jsonl"
+    guard = FailureGuard(book, cfg.budget.max_consecutive_failures, clock=clock)
     spec = TrialSpec(cfg.model, cfg.training, job.space, labels, cfg.seed,
                      cfg.budget.resources_per_trial.cpu, cfg.budget.resources_per_trial.gpu)
     trainable = tune.with_resources(
@@ -190,15 +203,19 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     if retries is None:
         retries = 1 if ray_address(job, address) else 0
     exp_path = os.path.join(storage_path, "tune")
+    # per trial: the checkpoint of its best rung (every rung is a candidate) and its latest (to resume from)
+    checkpointing = tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=cfg.objective.metric,
+                                          checkpoint_score_order=cfg.objective.mode)
     run_config = tune.RunConfig(
         name="tune",
         storage_path=storage_path,
         verbose=0,
         callbacks=[book],
         stop=guard,
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        checkpoint_config=checkpointing,
         failure_config=tune.FailureConfig(max_failures=retries),
     )
+    orphans = []
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
@@ -206,32 +223,70 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         run_cfg = tuner._local_tuner.get_run_config()
         run_cfg.callbacks = [book]
         run_cfg.stop = guard
+        searcher = tuner._local_tuner._tune_config.search_alg
         _seed_book_from_tracker(book, tracker, parent_run_id)
-        _fail_orphaned_optuna_trials(storage_url, study_name, exp_path, parent_run_id)
+        orphans = _orphaned_optuna_trials(storage_url, study_name, exp_path, parent_run_id)
+        searcher.driver["orphans"] = list(orphans)  # adopted by the next suggestions: one trial, one record
+        book.orphan_runs = _orphan_runs(tracker, parent_run_id, orphans)
     else:
+        searcher = make_searcher(job, storage_url, study_name, parent_run_id)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=make_searcher(job, storage_url, study_name, parent_run_id),
-                scheduler=make_scheduler(job, total_rungs),
+                search_alg=searcher,
+                scheduler=make_scheduler(job, n_train),
                 metric=cfg.objective.metric,
                 mode=cfg.objective.mode,
-                num_samples=cfg.budget.num_trials,
+                num_samples=cfg.budget.trials,
                 max_concurrent_trials=cfg.budget.max_concurrent_trials,
-                time_budget_s=cfg.budget.time_budget_s,
                 reuse_actors=True,
             ),
             run_config=run_config,
         )
-    results = tuner.fit()
+    searcher.driver["can_start"] = clock.can_start_trial
 
-    checkpoints: dict[str, str] = {}
-    for result in results:
-        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
-        if result.checkpoint is not None:
-            checkpoints[trial_id] = result.checkpoint.path
+    # Ray Tune catches the first Ctrl-C, saves the experiment state and returns from fit() as if the search
+    # were over. Ray restores the handler it found once it fired: ours, so we can tell an interrupted search
+    # from a finished one (and a second Ctrl-C raises at once).
+    def _interrupted(signum, frame):
+        raise SearchInterrupted()
+
+    previous = signal.getsignal(signal.SIGINT)
+    in_main = _in_main_thread()
+    if in_main:
+        signal.signal(signal.SIGINT, _interrupted)
+    try:
+        results = tuner.fit()
+        interrupted = in_main and signal.getsignal(signal.SIGINT) is _interrupted
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted:
+        for rec in book.records.values():  # in flight: ended KILLED for now, reopened by `autotune resume`
+            if rec.status == "running" and tracker is not None and rec.run_id:
+                tracker.set_tags(rec.run_id, {"autotune.stop_reason": "interrupted; `autotune resume` continues it"})
+                tracker.end(rec.run_id, "KILLED")
+        raise SearchInterrupted()
+
+    del results  # Ray registers a checkpoint asynchronously: a trial stopped right after reporting may miss one
+    checkpoints: dict[str, str] = {}  # trial_id -> checkpoint of its best rung, read from the trial folders
+    for rec in book.records.values():
+        kept = _checkpoints_on_disk(exp_path, rec.trial_id, cfg.objective.metric)
+        seen = max(int(rec.metrics.get("rung", 0)), rec.last_step)
+        for _, metrics in sorted(kept, key=lambda pm: pm[1].get("rung", 0)):
+            if metrics.get("rung", 0) > seen:  # reported as Tune stopped the trial: log it like any other rung
+                book.late_rung(rec, metrics)
+        found = _pick_best(kept, cfg.objective.metric, cfg.objective.mode)
+        if found is not None:
+            checkpoints[rec.trial_id], metrics = found
+            if rec.status != "failed":
+                rec.best = metrics  # the same score; on a tie Tune may have kept a later rung than the first
+    _fail_unadopted(storage_url, study_name, searcher.driver.get("orphans", []))
+    reason = "budget" if guard.deadline_hit else "search stopped"
+    for rec in book.close_unfinished(reason):
+        _tell_stopped(searcher, rec)
     records = sorted(book.records.values(), key=lambda r: r.number)
-    if guard.stop_all():
+    if guard.too_many_failures():
         last = [r for r in records if r.status == "failed"][-cfg.budget.max_consecutive_failures:]
         raise TooManyFailures(
             f"the search stopped after {len(last)} consecutive failed trials "
@@ -240,15 +295,65 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     best = book.best()
     if best is None:
         errors = "; ".join(sorted({r.error or "?" for r in records if r.status == "failed"}))[:800]
+        if clock.budgeted and not errors:
+            fastest = min(clock.first_rung_s.values(), default=None)
+            need = f"the fastest first rung took {fastest:.0f} s" if fastest else "no trial reached its first rung"
+            raise StageError(
+                f"the time budget ended before any trial reached its first rung ({len(records)} trials started; "
+                f"{need}; validate and deploy were given {clock.reserve_s():.0f} s). Raise budget.wall_clock_s "
+                f"(or time_budget_s), lower training.first_rung, or use a smaller model (model.num_hidden_layers)")
         raise StageError(f"no trial produced a result ({len(records)} trials; errors: {errors or 'none recorded'})")
     return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study_name, storage_url, exp_path,
                          ray_init_seconds)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _checkpoints_on_disk(exp_path: str, trial_id: str, metric: str) -> list[tuple[str, dict]]:
+    """(path, metrics) of each checkpoint Tune kept for a trial: every report writes one, with its rung's
+    metrics in trial.json; Tune keeps the best-scored one and the latest."""
+    import glob
+
+    out = []
+    for record_path in glob.glob(os.path.join(glob.escape(exp_path), f"*_{trial_id}_*", "checkpoint_*", "trial.json")):
+        folder = os.path.dirname(record_path)
+        try:
+            with open(record_path) as fh:
+                metrics = json.load(fh)["metrics"]
+        except (OSError, ValueError, KeyError):
+            continue  # a checkpoint cut short by a kill: not a candidate
+        if metric in metrics and os.path.isfile(os.path.join(folder, "trainable.safetensors")):
+            out.append((folder, metrics))
+    return out
+
+
+def _pick_best(kept: list[tuple[str, dict]], metric: str, mode: str):
+    """The best kept checkpoint by the objective (the earlier rung on a tie), or None."""
+    sign = 1 if mode == "max" else -1
+    if not kept:
+        return None
+    return max(kept, key=lambda pm: (sign * pm[1][metric], -pm[1].get("rung", 0)))
+
+
+def _tell_stopped(searcher, rec) -> None:
+    """Tell Optuna that a trial the budget stopped ended early (PRUNED, with its last reported value)."""
+    if searcher is None:
+        return
+    try:
+        searcher.on_trial_complete(rec.trial_id, result=dict(rec.metrics) or None, error=not rec.metrics)
+    except Exception:  # noqa: BLE001 - the study record is best effort here; MLflow and state carry the truth
+        pass
 
 
 def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
     """On resume, earlier trials' outcomes come back from their MLflow child runs."""
     if tracker is None or parent_run_id is None:
         return
+    from autotune.search.best import BEST_TAG
     from autotune.search.callbacks import TrialRecord
     from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, TRIAL_ID_TAG
 
@@ -262,15 +367,17 @@ def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
         knobs = json.loads(run.data.tags.get(KNOBS_TAG, "{}"))
         number = int(run.data.params.get("trial_number", -1))
         rec = TrialRecord(trial_id, number, method, knobs, status=status, run_id=run.info.run_id,
-                          metrics=dict(run.data.metrics), error=run.data.tags.get("autotune.error"))
+                          metrics=dict(run.data.metrics), error=run.data.tags.get("autotune.error"),
+                          best=json.loads(run.data.tags.get(BEST_TAG, "{}")))
+        rec.last_step = max((m.step for m in tracker.metric_history(run.info.run_id, "val_loss")), default=0)
         book.records[trial_id] = rec
 
 
-def _fail_orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str, job_run: str | None) -> None:
+def _orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str, job_run: str | None) -> list:
     """A driver killed between asking Optuna for a trial and saving Tune's experiment state leaves an Optuna
-    trial RUNNING that no Ray trial will ever finish. Mark those FAIL so the study stays truthful.
-    Only this job's trials (user attr JOB_RUN_ATTR) are touched, and nothing when Tune's searcher state
-    cannot be read (then we cannot tell an orphan from a trial about to resume)."""
+    trial RUNNING that no Ray trial will ever finish: an orphan. Only this job's trials (user attr
+    JOB_RUN_ATTR) count, and none when Tune's searcher state cannot be read (then we cannot tell an orphan
+    from a trial about to resume). Reads Ray's own searcher state, a pickle: the output folder is trusted."""
     import glob
     import pickle
 
@@ -285,9 +392,39 @@ def _fail_orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: st
         except Exception:  # noqa: BLE001 - an unreadable searcher state means: trust nothing
             pass
     if not known:
-        return
+        return []
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get(JOB_RUN_ATTR) == job_run and t.user_attrs.get("ray_trial_id") not in known:
-            study._storage.set_trial_user_attr(t._trial_id, "autotune.orphaned", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get(JOB_RUN_ATTR) == job_run and t.user_attrs.get("ray_trial_id") not in known]
+
+
+def _orphan_runs(tracker, parent_run_id, orphans) -> dict[int, str]:
+    """Optuna trial number -> the MLflow child run an orphan had opened (the adopting trial continues it)."""
+    if tracker is None or parent_run_id is None or not orphans:
+        return {}
+    from autotune.tracking.mlflow_tracker import TRIAL_ID_TAG
+
+    out = {}
+    for t in orphans:
+        ray_id = t.user_attrs.get("ray_trial_id")
+        runs = tracker.client.search_runs(
+            [tracker.experiment_id],
+            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{ray_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            max_results=1)
+        if runs:
+            out[t.number] = runs[0].info.run_id
+    return out
+
+
+def _fail_unadopted(storage_url: str, study_name: str, orphans: list) -> None:
+    """Orphans no new trial adopted (the search had nothing left to run) are marked FAIL, so the study
+    holds no trial RUNNING forever."""
+    if not orphans:
+        return
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    for t in orphans:
+        study._storage.set_trial_user_attr(t._trial_id, "autotune.orphaned", True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)

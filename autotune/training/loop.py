@@ -1,7 +1,8 @@
 """The explicit train/eval loop every trial runs. Read it top to bottom:
 
     for each step: batch -> forward -> loss -> backward -> clip -> AdamW step -> LR schedule
-    at each rung (evals_per_epoch times per epoch): evaluate on validation, hand metrics to `on_rung`
+    at each rung (geometric in examples seen: 1/8, 1/4, 1/2, 1, 2 epochs ...): evaluate on validation,
+    hand metrics to `on_rung`
 
 Units: steps are optimizer steps; seconds are wall-clock; samples/s counts training examples only.
 """
@@ -34,6 +35,9 @@ def batches(split: dict[str, Any], batch_size: int, order=None):
     idx = list(idx)
     for start in range(0, n, batch_size):
         sel = idx[start : start + batch_size]
+        if "features" in split:  # cached frozen-encoder features (training/features.py)
+            yield {"features": torch.as_tensor(split["features"][sel]), "labels": torch.as_tensor(split["labels"][sel])}
+            continue
         mask = torch.as_tensor(split["attention_mask"][sel])
         width = max(1, int(mask.sum(1).max()))
         yield {
@@ -87,12 +91,43 @@ def schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
+def examples_after(step: int, n_train: int, batch_size: int) -> int:
+    """Training examples seen after `step` optimizer steps (each epoch's last batch may be short)."""
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    return (step // steps_per_epoch) * n_train + min((step % steps_per_epoch) * batch_size, n_train)
+
+
+def rung_count(epochs: float, cfg: TrainingConfig) -> int:
+    """How many rungs a trial of `epochs` epochs has (before rounding to whole steps merges any)."""
+    if cfg.evals_per_epoch is not None:
+        return max(1, math.ceil(epochs * cfg.evals_per_epoch))
+    n, fidelity = 1, cfg.first_rung
+    while fidelity < epochs * (1 - 1e-9):
+        n, fidelity = n + 1, fidelity * cfg.rung_growth
+    return n
+
+
 def rung_steps(n_train: int, cfg: TrainingConfig) -> tuple[int, list[int]]:
-    """(total optimizer steps, the step after which each rung's evaluation happens)."""
+    """(total optimizer steps, the step after which each rung's evaluation happens).
+
+    Geometric (default): the first rung comes after `first_rung` epochs' worth of training examples, each
+    next one after `rung_growth` times as many, and the trial's last step is always the last rung - so
+    rungs sit at the same numbers of examples seen whatever a trial's batch size or epochs, and ASHA
+    compares trials at equal fidelity. With `evals_per_epoch`: evenly spaced rungs instead."""
     steps_per_epoch = math.ceil(n_train / cfg.batch_size)
     total = max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    n_rungs = max(1, math.ceil(cfg.epochs * cfg.evals_per_epoch))
-    return total, sorted({max(1, round(total * (r + 1) / n_rungs)) for r in range(n_rungs)})
+    if cfg.evals_per_epoch is not None:
+        n_rungs = max(1, math.ceil(cfg.epochs * cfg.evals_per_epoch))
+        return total, sorted({max(1, round(total * (r + 1) / n_rungs)) for r in range(n_rungs)})
+    rungs, target = {total}, cfg.first_rung * n_train
+    last = examples_after(total, n_train, cfg.batch_size)
+    step = 0
+    while target < last:
+        while examples_after(step, n_train, cfg.batch_size) < target:
+            step += 1
+        rungs.add(max(1, step))
+        target *= cfg.rung_growth
+    return total, sorted(rungs)
 
 
 def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learning_rate: float, seed: int,
@@ -145,7 +180,9 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
 
             if step in rungs:
                 rung = rungs.index(step) + 1
+                eval_start = time.perf_counter()
                 ev = evaluate(model, val_split, cfg.eval_batch_size)
+                eval_seconds = time.perf_counter() - eval_start
                 elapsed = time.perf_counter() - start
                 metrics = {
                     "val_accuracy": ev.accuracy,
@@ -157,9 +194,11 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
                     "rung": rung,
                     "total_rungs": len(rungs),
                     "step": step,
+                    "examples": examples_after(step, n_train, cfg.batch_size),  # the fidelity ASHA compares at
                     "epoch": step / math.ceil(n_train / cfg.batch_size),
                     "seconds": elapsed,
                     "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
+                    "eval_seconds": eval_seconds,  # one pass over the validation split (budget planning)
                 }
                 since_rung_loss, since_rung_n = 0.0, 0
                 on_rung(metrics, rung)

@@ -1,0 +1,106 @@
+"""Planning a job against a wall-clock budget (`budget.wall_clock_s`, counted from the process start of
+`autotune submit` to the registered model).
+
+The search gets what is left once validate and deploy have their share. That share is estimated from what
+the trials themselves measure - seconds to build a model and apply its method (`setup_seconds`) and seconds
+per validation pass (`eval_seconds`) - because the stages after the search do exactly those things: they
+rebuild the best model (and the best head-only model, and the exported and int8 copies) and evaluate them on
+the test split. Before any trial has reported, conservative defaults stand in.
+
+A trial is not started when the time left cannot hold its first rung: the cheapest first rung seen so far
+(time from trial start to its first report, per method) is the yardstick.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+# What the stages after the search cost beyond model builds and test passes: the tune stage's summary
+# (trials table, study plots with fANOVA importances), validate's bootstrap and MLflow logging, deploy's
+# artifact write + sha256 + MLflow registration. Measured on the 2-core reference machine with the demo job
+# (3-layer MiniLM): 14-22 s; 25 s leaves room for a loaded machine.
+FIXED_AFTER_SEARCH_S = 12.0
+MODEL_BUILDS_AFTER_SEARCH = 5  # validate: best + head baseline; deploy: best, shipped copy, int8 copy
+TEST_PASSES_AFTER_SEARCH = 5  # validate: best + head + champion; deploy: shipped copy + int8 copy
+DEFAULT_SETUP_S = 3.0  # before any trial reported: model load + method apply (3-layer MiniLM here: ~1.5 s)
+DEFAULT_EVAL_S = 1.0  # one validation pass, before any trial reported (300 examples x 64 tokens: ~0.7 s)
+
+
+def process_start_time() -> float:
+    """When this process started (wall clock): the budget counts imports and Ray start-up too."""
+    try:
+        import psutil
+
+        return float(psutil.Process(os.getpid()).create_time())
+    except Exception:  # noqa: BLE001 - psutil comes with Ray; without it, now is the best we know
+        return time.time()
+
+
+@dataclass
+class SearchClock:
+    """Deadlines of the search: the job's (wall_clock_s, minus what validate and deploy need) and the
+    search's own (time_budget_s from the start of the tune stage), whichever comes first."""
+
+    started_at: float = field(default_factory=time.time)  # when the job's clock started (process start)
+    job_deadline: float | None = None  # absolute time the registered model is due
+    search_deadline: float | None = None  # absolute time from budget.time_budget_s
+    test_to_val: float = 1.0  # test split size / validation split size
+    int8: bool = False
+    setup_s: list[float] = field(default_factory=list)
+    eval_s: list[float] = field(default_factory=list)
+    first_rung_s: dict[str, float] = field(default_factory=dict)  # method -> fastest start-to-first-report
+
+    @property
+    def budgeted(self) -> bool:
+        return self.job_deadline is not None or self.search_deadline is not None
+
+    def observe(self, method: str, result: dict, seconds_since_start: float) -> None:
+        if "setup_seconds" in result:
+            self.setup_s.append(float(result["setup_seconds"]))
+        if "eval_seconds" in result:
+            self.eval_s.append(float(result["eval_seconds"]))
+        if int(result.get("rung", 0)) == 1:
+            prev = self.first_rung_s.get(method)
+            self.first_rung_s[method] = seconds_since_start if prev is None else min(prev, seconds_since_start)
+
+    def reserve_s(self) -> float:
+        """Seconds validate and deploy (and the tune stage's summary) need after the search ends."""
+        setup = _median(self.setup_s, DEFAULT_SETUP_S)
+        evals = _median(self.eval_s, DEFAULT_EVAL_S) * self.test_to_val
+        builds = MODEL_BUILDS_AFTER_SEARCH + (1 if self.int8 else 0)
+        passes = TEST_PASSES_AFTER_SEARCH + (1 if self.int8 else 0)
+        return FIXED_AFTER_SEARCH_S + builds * setup + passes * evals
+
+    def deadline(self) -> float | None:
+        """When the search must stop (absolute time), or None without a budget."""
+        ends = [d for d in (self.search_deadline,) if d is not None]
+        if self.job_deadline is not None:
+            ends.append(self.job_deadline - self.reserve_s())
+        return min(ends) if ends else None
+
+    def left(self) -> float:
+        d = self.deadline()
+        return float("inf") if d is None else d - time.time()
+
+    def expired(self) -> bool:
+        return self.left() <= 0
+
+    def can_start_trial(self) -> bool:
+        """False when even the cheapest first rung seen so far would not fit in the time left."""
+        if not self.budgeted:
+            return True
+        left = self.left()
+        if left <= 0:
+            return False
+        if not self.first_rung_s:
+            return True
+        return min(self.first_rung_s.values()) <= left
+
+
+def _median(values: list[float], default: float) -> float:
+    if not values:
+        return default
+    s = sorted(values)
+    return s[len(s) // 2]

@@ -1,0 +1,109 @@
+"""Budget planning and multi-fidelity: geometric rungs in examples seen, the start-up order, the portfolio,
+the search clock and the one best-trial rule (every evaluated rung is a candidate)."""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from autotune.config.job import TrainingConfig
+from autotune.search.best import best_record
+from autotune.search.budget import SearchClock
+from autotune.training.loop import examples_after, rung_count, rung_steps
+
+
+def test_geometric_rungs_sit_at_the_same_examples_whatever_the_batch_size():
+    seen = {}
+    for bs in (8, 16, 32):
+        total, rungs = rung_steps(1000, TrainingConfig(epochs=2, batch_size=bs, first_rung=0.125))
+        seen[bs] = [examples_after(s, 1000, bs) for s in rungs]
+        assert rungs[-1] == total  # the last step is always a rung
+    assert seen[16] == [128, 256, 512, 1000, 2000]
+    for bs in (8, 32):  # each rung at the first step past 125 x 2^k examples: within one batch of it
+        assert all(0 <= a - b < bs for a, b in zip(seen[bs], [125, 250, 500, 1000, 2000]))
+    assert rung_count(2, TrainingConfig(first_rung=0.125)) == 5
+    # a longer trial only adds rungs at the top: fidelities stay comparable across epochs
+    _, r3 = rung_steps(1000, TrainingConfig(epochs=3, batch_size=16))
+    assert [examples_after(s, 1000, 16) for s in r3] == [128, 256, 512, 1000, 2000, 3000]
+
+
+def test_evenly_spaced_rungs_remain_available():
+    total, rungs = rung_steps(100, TrainingConfig(epochs=1.5, batch_size=10, evals_per_epoch=2))
+    assert total == 15 and rungs == [5, 10, 15]
+
+
+def test_startup_points_cover_every_method_cheapest_first(tmp_path):
+    from autotune.config.loader import load_job
+    from autotune.search.tuner import startup_points
+
+    job = tmp_path / "j.yaml"
+    job.write_text(textwrap.dedent("""
+        name: j
+        search:
+          initial_points: [{method: full, knobs: {learning_rate: 5.0e-5}}]
+          space:
+            methods:
+              full: {learning_rate: {low: 2.0e-5, high: 2.0e-4, log: true}}
+              sparse: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}}
+              head: {learning_rate: {low: 1.0e-3, high: 3.0e-2, log: true}}
+              lora: {learning_rate: {low: 3.0e-4, high: 5.0e-3, log: true}, rank: {low: 2, high: 16}}
+            portfolio:
+              - {method: lora, knobs: {learning_rate: 2.0e-3, rank: 8}}
+              - {method: lora, knobs: {learning_rate: 9.0e-1, rank: 64}}   # outside the space: sampled instead
+              - {method: bitfit_not_here, knobs: {}}
+    """))
+    with pytest.raises(Exception):  # a portfolio method missing from the space is fine, an unknown one is not
+        load_job(job)
+    job.write_text("".join(l for l in job.read_text().splitlines(True) if "bitfit_not_here" not in l))
+    points = startup_points(load_job(job))
+    # the user's point first, then the portfolio and one trial per uncovered method, cheapest method first
+    assert points == [
+        {"method": "full", "full.learning_rate": 5.0e-5},
+        {"method": "head"},
+        {"method": "lora", "lora.learning_rate": 2.0e-3, "lora.rank": 8},
+        {"method": "lora"},
+        {"method": "sparse"},
+    ]
+    job.write_text(job.read_text().replace("search:\n", "search:\n  portfolio: false\n"))
+    assert startup_points(load_job(job)) == [
+        {"method": "full", "full.learning_rate": 5.0e-5}, {"method": "head"}, {"method": "lora"}, {"method": "sparse"}]
+
+
+def test_shipped_portfolio_lies_inside_the_default_space():
+    from autotune.config.loader import load_job
+
+    job = load_job("pipelines/demo.yaml")
+    assert job.space.portfolio, "the default space ships a portfolio"
+    for method, knobs in job.space.portfolio:
+        raw = next(p for p in job.space_raw.portfolio if p.method == method and set(knobs) <= set(p.knobs))
+        assert knobs == {k: v for k, v in raw.knobs.items() if k in knobs} and len(knobs) == len(raw.knobs), raw
+
+
+def test_clock_reserves_time_for_validate_and_deploy_from_what_trials_measure():
+    now = time.time()
+    clock = SearchClock(started_at=now, job_deadline=now + 300)
+    before = clock.reserve_s()
+    clock.observe("head", {"setup_seconds": 10.0, "eval_seconds": 4.0, "rung": 1}, 30.0)
+    assert clock.reserve_s() > before  # slower model, bigger reserve
+    assert clock.deadline() == pytest.approx(now + 300 - clock.reserve_s())
+    assert clock.can_start_trial()
+    clock.first_rung_s["head"] = clock.left() + 5  # the cheapest first rung no longer fits
+    assert not clock.can_start_trial()
+    assert SearchClock().deadline() is None and SearchClock().can_start_trial()
+
+
+def test_best_rule_counts_every_rung_and_breaks_ties_by_size():
+    r = lambda n, st, best: SimpleNamespace(number=n, status=st, best=best)  # noqa: E731
+    records = [
+        r(0, "finished", {"val_accuracy": 0.80, "trainable_params": 100}),
+        r(1, "stopped", {"val_accuracy": 0.86, "trainable_params": 5000}),  # cut by the budget: still counts
+        r(2, "pruned", {"val_accuracy": 0.86, "trainable_params": 700}),  # same score, smaller: wins
+        r(3, "failed", {"val_accuracy": 0.99, "trainable_params": 1}),  # a failed trial never wins
+        r(4, "running", {}),
+    ]
+    assert best_record(records, "val_accuracy", "max").number == 2
+    assert best_record(records, "val_accuracy", "min").number == 0
+    assert best_record([records[3], records[4]], "val_accuracy", "max") is None

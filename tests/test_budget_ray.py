@@ -1,0 +1,142 @@
+"""Budgets and interrupts through the real engines (Ray Tune + Optuna + MLflow, tiny model):
+- a whole-job wall-clock budget ends with a registered model, inside the budget, and no record left RUNNING;
+- Ctrl-C during the search stops the pipeline there (exit 130, nothing validated or deployed), and
+  `autotune resume` continues the search to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_integration import job_yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _runs(out: Path, name: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def _study(out: Path, name: str):
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
+
+
+def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_model_dir, synthetic_csv, tmp_path):
+    budget = 120
+    job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, f"""
+        search:
+          space:
+            methods:
+              head: {{learning_rate: {{low: 1.0e-3, high: 3.0e-2, log: true}}}}
+              full: {{learning_rate: {{low: 1.0e-4, high: 3.0e-3, log: true}}, epochs: {{low: 2, high: 6}}}}
+        budget: {{wall_clock_s: {budget}, max_concurrent_trials: 2}}
+        training: {{epochs: 4, batch_size: 8, first_rung: 0.25, evals_per_epoch: null}}
+        objective: {{metric: val_accuracy}}
+    """, name="budgeted")
+    out = tmp_path / "out"
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "submit", str(job)], capture_output=True, text=True,
+                          timeout=budget + 120)
+    took = time.time() - start
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    print(f"wall clock {summary['wall_clock_seconds']} s of {budget} s (outside view {took:.1f} s); trials {summary['trials']}")
+    assert summary["wall_clock_seconds"] <= budget * 1.05, summary  # the plan held, start-up included
+    assert summary["registered"] and summary["test_accuracy"] is not None
+    assert sum(summary["trials"].values()) >= 1
+
+    client, parents, children = _runs(out, "budgeted")
+    assert parents[0].info.status == "FINISHED"
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    for c in children:  # a trial the budget cut is marked as such, with the metrics it had reached
+        if c.data.tags.get("autotune.status") == "stopped":
+            assert c.info.status == "KILLED" and c.data.tags["autotune.stop_reason"] == "budget"
+    assert not [t for t in _study(out, "budgeted").trials if t.state.name == "RUNNING"]
+    trials_csv = (out / "trials.csv").read_text()
+    assert ",running," not in trials_csv
+    # the best trial is the best evaluated rung of any trial, and validate used that very checkpoint
+    rungs = [json.loads(l) for l in (out / "rungs.jsonl").read_text().splitlines()]
+    assert summary["objective_value"] == max(r["val_accuracy"] for r in rungs)
+
+
+def _optuna_states(out: Path, name: str) -> dict[int, tuple[str, int]]:
+    try:
+        study = _study(out, name)
+    except Exception:  # noqa: BLE001 - not created yet
+        return {}
+    return {t.number: (t.state.name, len(t.intermediate_values)) for t in study.trials}
+
+
+def test_ctrl_c_stops_the_pipeline_and_resume_continues_the_search(tiny_model_dir, synthetic_csv, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, """
+        search:
+          space:
+            methods:
+              full: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}}
+        budget: {num_trials: 4, max_concurrent_trials: 1}
+        training: {epochs: 6, batch_size: 8, evals_per_epoch: 2, warmup_ratio: 0.0}
+        scheduler: {kind: fifo}
+    """, name="ctrlc")
+    out = tmp_path / "out"
+    driver = subprocess.Popen([sys.executable, "-m", "autotune.cli", "submit", str(job)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # wait for the event the test needs: one trial done and the next one in the middle of training
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        states = _optuna_states(out, "ctrlc")
+        done = [n for n, (s, _) in states.items() if s == "COMPLETE"]
+        mid = [n for n, (s, k) in states.items() if s == "RUNNING" and k >= 1]
+        if done and mid:
+            break
+        assert driver.poll() is None, driver.stderr.read()[-2000:]
+        time.sleep(0.3)
+    else:
+        pytest.fail("the search never had a trial in the middle of training")
+    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole process group
+    try:
+        _, err = driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err[-3000:]
+    assert "interrupted" in err and "Traceback" not in err
+    states = {s: json.loads((out / "state" / f"{s}.json").read_text())["status"]
+              for s in ("tune", "validate", "deploy") if (out / "state" / f"{s}.json").is_file()}
+    assert states == {"tune": "interrupted"}, states  # nothing downstream ran
+    assert not (out / "artifact").exists()
+    client, parents, children = _runs(out, "ctrlc")
+    assert parents[0].info.status == "KILLED"
+    assert not client.search_registered_models()  # nothing registered, nothing promoted
+    assert not [c for c in children if c.info.status == "RUNNING"]
+
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "resume", str(out)], capture_output=True, text=True,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(out, "ctrlc")
+    assert sorted(t.state.name for t in study.trials) == ["COMPLETE"] * 4  # the search went on to the end
+    client, parents, children = _runs(out, "ctrlc")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    for c in children:  # the interrupted trial continued in the same run, no step logged twice
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_loss")]
+        assert steps == sorted(set(steps)) and len(steps) == 12, (c.info.run_name, steps)
+    assert (out / "artifact" / "MANIFEST.json").is_file()
