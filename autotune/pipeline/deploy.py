@@ -1,5 +1,6 @@
-"""Deploy stage: export the best model into a verified artifact, log it to the parent run and register a
-new model version (alias `challenger`; `champion` only when every gate passed)."""
+"""Deploy stage: export the best model into a verified artifact that is also an MLflow model, log it on the
+parent run (a LoggedModel: the experiment's Models tab) and register a new version from it (alias
+`challenger`; `champion` only when every gate passed)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from autotune.pipeline.context import JobContext
+
+SERVED_CHECK_TEXTS = 64  # test texts the MLflow model must label exactly as the validate stage did
 
 
 class DeployResult(BaseModel):
@@ -23,16 +26,19 @@ class DeployResult(BaseModel):
     version: str | None
     aliases: list[str]
     predictions_match_validate: bool
+    model_uri: str | None = None  # models:/<model_id>: the LoggedModel on the parent run
+    served_predictions_match_validate: bool | None = None  # the pyfunc model, on raw test texts
 
 
 def run(ctx: JobContext) -> DeployResult:
     import numpy as np
 
-    from autotune.artifact import MANIFEST, load_artifact_model, save_artifact, verify
-    from autotune.training.model import load_tokens
+    from autotune.artifact import load_artifact_model, save_artifact, verify
+    from autotune.errors import StageError
+    from autotune.mlflow_model import save_mlflow_files
     from autotune.pipeline.validate import load_best
     from autotune.training.loop import evaluate
-    from autotune.training.model import load_tokenizer
+    from autotune.training.model import load_tokenizer, load_tokens
 
     cfg = ctx.job.config
     tune_res, val, pre = ctx.results["tune"], ctx.results["validate"], ctx.results["preprocess"]
@@ -45,29 +51,40 @@ def run(ctx: JobContext) -> DeployResult:
     extra, int8_bytes, int8_acc = [], None, None
     if cfg.deploy.int8:
         extra, int8_bytes, int8_acc = _int8(ctx, model, test)
-    manifest = save_artifact(model, load_tokenizer(cfg.model), out, model_card(ctx, int8_bytes, int8_acc),
-                             extra_files=extra)
-    shutil.rmtree(ctx.out / "int8-staging", ignore_errors=True)
-    verify(out, load=False)
+    tokenizer = load_tokenizer(cfg.model)
+    tokenizer.model_max_length = cfg.model.max_length  # truncate as training did (the base says e.g. 512)
+    extra += save_mlflow_files(ctx.out / "mlflow-staging")  # MLmodel, code, environment: listed in the manifest
+    manifest = save_artifact(model, tokenizer, out, model_card(ctx, int8_bytes, int8_acc), extra_files=extra)
+    for staging in ("int8-staging", "mlflow-staging"):
+        shutil.rmtree(ctx.out / staging, ignore_errors=True)
 
-    # the shipped model must predict exactly what the validate stage measured
-    shipped = load_artifact_model(out)
-    preds = evaluate(shipped, test, cfg.training.eval_batch_size).predictions
+    # the shipped model must predict exactly what the validate stage measured: loaded as weights ...
+    preds = evaluate(load_artifact_model(out), test, cfg.training.eval_batch_size).predictions
     expected = json.loads(Path(val.predictions_path).read_text())["predictions"]
     match = bool(np.array_equal(np.array(preds), np.array(expected)))
     if not match:
-        from autotune.errors import StageError
-
         raise StageError("the exported artifact's test predictions differ from the validate stage's: not deploying")
+    # ... and as the MLflow model, from raw text (its own tokenization, truncation and label names)
+    served_match = _served_predictions_match(out, Path(pre.data_dir) / "test.jsonl", expected, pre.labels)
+    if not served_match:
+        raise StageError("the MLflow model's predictions on test texts differ from the validate stage's: not deploying")
+    verify(out, load=False)  # after the loads: nothing was written into the artifact
 
     t, run_id = ctx.tracker, ctx.parent_run_id
     t.log_artifacts(run_id, str(out), "model")
+    test_metrics = {"test.accuracy": val.test_accuracy, "test.macro_f1": val.test_macro_f1, "test.loss": val.test_loss}
+    model_id = t.log_model_dir(
+        run_id, str(out), cfg.name, params={"method": tune_res.best_method, **tune_res.best_knobs},
+        tags={"autotune.job": cfg.name, "autotune.method": tune_res.best_method}, metrics=test_metrics,
+    )
     name = version = None
     aliases: list[str] = []
     if cfg.deploy.register_model:
         name = cfg.tracking.registered_model or cfg.name
         validated = val.champion["version"] if val.champion else None
-        version, aliases = _register(ctx, name, f"{t.artifact_uri(run_id)}/model", val.passed, manifest, validated)
+        version, aliases = _register(ctx, name, t.logged_model_location(model_id), val.passed, manifest, validated,
+                                     extra_tags=version_tags(ctx), description=version_description(ctx, name),
+                                     model_id=model_id)
     size = sum(f["bytes"] for f in manifest["files"].values())
     weights = manifest["files"].get("model.safetensors", {}).get("sha256", "")
     float_bytes = manifest["files"]["model.safetensors"]["bytes"]
@@ -76,7 +93,25 @@ def run(ctx: JobContext) -> DeployResult:
                               if int8_bytes else {})})
     return DeployResult(artifact_dir=str(out), bytes=size, float_weights_bytes=float_bytes,
                         int8_weights_bytes=int8_bytes, int8_test_accuracy=int8_acc, sha256_weights=weights,
-                        registered_model=name, version=version, aliases=aliases, predictions_match_validate=match)
+                        registered_model=name, version=version, aliases=aliases, predictions_match_validate=match,
+                        model_uri=f"models:/{model_id}", served_predictions_match_validate=served_match)
+
+
+def _served_predictions_match(artifact: Path, test_jsonl: Path, expected: list[int], labels: list[str]) -> bool:
+    """Load the artifact as MLflow does and label the first test texts; compare with validate's labels."""
+    import sys
+
+    import mlflow
+    import pandas as pd
+
+    with test_jsonl.open(encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line, _ in zip(fh, range(SERVED_CHECK_TEXTS))]
+    saved, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # MLflow imports the model's code file
+    try:
+        served = mlflow.pyfunc.load_model(str(artifact)).predict(pd.DataFrame({"text": texts}))
+    finally:
+        sys.dont_write_bytecode = saved
+    return list(served["label"]) == [labels[i] for i in expected[: len(texts)]]
 
 
 def _int8(ctx: JobContext, model, test) -> tuple[list, int, float]:
@@ -98,61 +133,91 @@ def _int8(ctx: JobContext, model, test) -> tuple[list, int, float]:
     return [path], path.stat().st_size, acc
 
 
-def _current_champion(client, name: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, "champion").version)
-    except Exception:  # noqa: BLE001 - no champion yet
-        return None
-
-
 def _register(ctx: JobContext, name: str, source: str, gates_passed: bool, manifest,
-              validated_champion: str | None) -> tuple[str, list[str]]:
-    from mlflow.exceptions import MlflowException
-
-    client = ctx.tracker.client
-    try:
-        client.create_registered_model(name, description="Fine-tuned by AutoTune")
-    except MlflowException:
-        pass  # already registered
-    mv = client.create_model_version(
-        name, source, run_id=ctx.parent_run_id,
+              validated_champion: str | None, extra_tags: dict[str, str] | None = None,
+              description: str | None = None, model_id: str | None = None) -> tuple[str, list[str]]:
+    t = ctx.tracker
+    version = t.register_version(
+        name, source, ctx.parent_run_id, description=description, model_id=model_id,
         tags={"autotune.job": ctx.job.config.name, "autotune.method": ctx.results["tune"].best_method,
-              "autotune.weights_sha256": manifest["files"].get("model.safetensors", {}).get("sha256", "")},
+              "autotune.weights_sha256": manifest["files"].get("model.safetensors", {}).get("sha256", ""),
+              **(extra_tags or {})},
     )
     aliases = ["challenger"]
-    client.set_registered_model_alias(name, "challenger", mv.version)
+    t.set_alias(name, "challenger", version)
     if not gates_passed:
-        return str(mv.version), aliases
+        return version, aliases
     # Promote only if the champion is still the one this job compared against: another job may have
     # promoted a better model meanwhile, and our comparison says nothing about that one.
-    current = _current_champion(client, name)
+    current = t.alias_version(name, "champion")
     if current != validated_champion:
         ctx.console.print(
             f"[yellow]champion of {name} moved from v{validated_champion} to v{current} during this job: "
-            f"v{mv.version} stays challenger (re-run validate against the new champion to promote)[/]"
+            f"v{version} stays challenger (re-run validate against the new champion to promote)[/]"
         )
-        ctx.tracker.set_tags(ctx.parent_run_id, {"autotune.promotion": f"skipped: champion moved to v{current}"})
-        return str(mv.version), aliases
-    client.set_registered_model_alias(name, "champion", mv.version)
+        t.set_tags(ctx.parent_run_id, {"autotune.promotion": f"skipped: champion moved to v{current}"})
+        return version, aliases
+    t.set_alias(name, "champion", version)
     aliases.append("champion")
-    ctx.tracker.set_tags(ctx.parent_run_id, {"autotune.promotion": f"v{mv.version} is champion"})
-    return str(mv.version), aliases
+    t.set_tags(ctx.parent_run_id, {"autotune.promotion": f"v{version} is champion"})
+    return version, aliases
+
+
+def version_tags(ctx: JobContext) -> dict[str, str]:
+    """The test metrics on the model version, where the registry lists and filters them."""
+    val = ctx.results["validate"]
+    tags = {"test.accuracy": val.test_accuracy, "test.accuracy_ci_low": val.test_accuracy_ci[0],
+            "test.accuracy_ci_high": val.test_accuracy_ci[1], "test.macro_f1": val.test_macro_f1,
+            "test.loss": val.test_loss, "test.n": val.n_test, "baseline.majority_accuracy": val.majority_accuracy}
+    if val.head_accuracy is not None:
+        tags["baseline.head_accuracy"] = val.head_accuracy
+    if val.champion:
+        tags["champion.version"] = val.champion["version"]
+        tags["champion.diff"] = val.champion["diff"]
+    tags["autotune.gates"] = "passed" if val.passed else "failed"
+    return {k: v if isinstance(v, str) else f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in tags.items()}
+
+
+def version_description(ctx: JobContext, name: str) -> str:
+    cfg = ctx.job.config
+    tune_res, val = ctx.results["tune"], ctx.results["validate"]
+    lo, hi = val.test_accuracy_ci
+    knobs = ", ".join(f"{k}={v}" for k, v in tune_res.best_knobs.items())
+    champion = (f" Against champion v{val.champion['version']}: {val.champion['diff']:+.4f} accuracy."
+                if val.champion else "")
+    return (f"AutoTune job `{cfg.name}`: **{tune_res.best_method}** fine-tuning of `{base_model_name(cfg.model.name_or_path)}` "
+            f"(trial {tune_res.best_number}; {knobs}). Test accuracy {val.test_accuracy:.4f} "
+            f"(95% CI {lo:.4f}-{hi:.4f}, n={val.n_test}), macro-F1 {val.test_macro_f1:.4f}; majority-class "
+            f"baseline {val.majority_accuracy:.4f}.{champion} Gates {'passed' if val.passed else 'failed'}.\n\n"
+            "Input: a string column `text`; output: `label`, `score`, `probabilities`. "
+            f"`mlflow models serve -m models:/{name}@champion --env-manager local` serves the champion.")
+
+
+def base_model_name(name_or_path: str) -> str:
+    """A hub id or packaged name as given; a local directory by its name (no absolute paths in records)."""
+    return Path(name_or_path).name if Path(name_or_path).is_dir() else name_or_path
 
 
 def model_card(ctx: JobContext, int8_bytes: int | None = None, int8_acc: float | None = None) -> str:
+    """README.md of the artifact. The YAML front matter (Hugging Face's model-card metadata) ends after a
+    blank line, so that Markdown renderers without front-matter support (MLflow's artifact view) draw a
+    rule there instead of turning the last key into a heading. No absolute local paths."""
     cfg = ctx.job.config
     tune_res, val, pre = ctx.results["tune"], ctx.results["validate"], ctx.results["preprocess"]
     m = tune_res.best_metrics
     knobs = "\n".join(f"| `{k}` | `{v}` |" for k, v in tune_res.best_knobs.items())
     lo, hi = val.test_accuracy_ci
+    name = cfg.tracking.registered_model or cfg.name
     return f"""---
 library_name: transformers
 pipeline_tag: text-classification
 tags: [autotune, {tune_res.best_method}]
+
 ---
 # {cfg.name}
 
-Fine-tuned by AutoTune from `{cfg.model.name_or_path}` ({cfg.model.pooling} pooling, max_length {cfg.model.max_length}).
+Fine-tuned by AutoTune from `{base_model_name(cfg.model.name_or_path)}` ({cfg.model.pooling} pooling, inputs truncated
+to {cfg.model.max_length} tokens as in training; the tokenizer here says so too).{_layers_note(cfg.model)}
 
 ```python
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -162,15 +227,26 @@ tokenizer = AutoTokenizer.from_pretrained(PATH)
 `trust_remote_code` loads `modeling_autotune.py` from this directory: an encoder + {cfg.model.pooling} pooling +
 linear head. Weights are safetensors; `autotune verify PATH` checks every file against MANIFEST.json.
 
+This directory is also an MLflow model (`MLmodel`; nothing pickled: the pyfunc is `mlflow_model.py`). Input: a
+string column `text`; output: `label`, `score`, `probabilities`.
+
+```python
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model("models:/{name}@champion")   # or PATH
+model.predict(pd.DataFrame({{"text": ["..."]}}))
+```
+`mlflow models serve -m models:/{name}@champion --env-manager local --host 127.0.0.1 --port 5001` serves it
+(POST `{{"dataframe_records": [{{"text": "..."}}]}}` to `/invocations`).
+
 ## Method
-**{tune_res.best_method}** (trial {tune_res.best_trial_id}), trainable parameters: {int(m.get('trainable_params', 0)):,}
+**{tune_res.best_method}** (trial {tune_res.best_number} of the Optuna study), trainable parameters: {int(m.get('trainable_params', 0)):,}
 
 | knob | value |
 |---|---|
 {knobs}
 
 ## Data
-{pre.source}; fingerprint `{pre.fingerprint}`; labels {pre.labels}; sizes {pre.sizes}.
+{_data_source(pre.source)}; fingerprint `{pre.fingerprint}`; labels {pre.labels}; sizes {pre.sizes}.
 
 ## Metrics (test split, n={val.n_test}, 95% bootstrap intervals)
 | metric | value |
@@ -184,9 +260,40 @@ linear head. Weights are safetensors; `autotune verify PATH` checks every file a
 
 {_int8_card(int8_bytes, int8_acc)}
 ## Search
-{sum(tune_res.counts.values())} trials: {tune_res.counts}; Optuna study `{tune_res.study_name}` in `{tune_res.storage_url}`;
-{tune_res.seconds:.0f} s.
+{sum(tune_res.counts.values())} trials: {tune_res.counts}; Optuna study `{tune_res.study_name}` in
+{_study_location(tune_res.storage_url, ctx.out)}; {tune_res.seconds:.0f} s.
 """
+
+
+def _layers_note(model_cfg) -> str:
+    """Say so when `model.num_hidden_layers` dropped the base model's upper encoder layers."""
+    if model_cfg.num_hidden_layers is None:
+        return ""
+    from transformers import AutoConfig
+
+    from autotune.training.model import resolve_model_path
+
+    total = AutoConfig.from_pretrained(resolve_model_path(model_cfg.name_or_path)).num_hidden_layers
+    if model_cfg.num_hidden_layers >= total:
+        return ""
+    return (f"\nOnly the first {model_cfg.num_hidden_layers} of the base model's {total} encoder layers are kept "
+            f"(`model.num_hidden_layers: {model_cfg.num_hidden_layers}`); the others were dropped before fine-tuning.")
+
+
+def _data_source(source: str) -> str:
+    """A data file by its name; a description (the demo data) as it is."""
+    path = Path(source)
+    return f"`{path.name}`" if path.is_absolute() else source
+
+
+def _study_location(url: str, out: Path) -> str:
+    from autotune.redact import redact
+
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        inside = path.is_relative_to(out)
+        return f"`{path.relative_to(out) if inside else path.name}`{' in the job folder' if inside else ''} (SQLite)"
+    return f"`{redact(url)}`"
 
 
 def _int8_card(int8_bytes, int8_acc) -> str:

@@ -126,3 +126,76 @@ class MlflowTracker:
 
     def metric_history(self, run_id: str, key: str):
         return self.client.get_metric_history(run_id, key)
+
+    # --- logged models and the registry ----------------------------------------------------------
+    def log_model_dir(self, run_id: str, local_dir: str, name: str, params: dict[str, Any] | None = None,
+                      tags: dict[str, Any] | None = None, metrics: dict[str, float] | None = None) -> str:
+        """Log a ready MLflow model directory (MLmodel at its root) as a LoggedModel of `run_id` (the
+        experiment's Models tab, the run's "Logged models"); `metrics` are linked to it. Returns its id."""
+        from contextlib import suppress
+
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+
+        model = self.client.create_logged_model(
+            self.experiment_id, name=name, source_run_id=run_id,
+            params={k: redact(str(v))[:MAX_PARAM_LEN] for k, v in flatten(params or {}).items()},
+            tags={k: redact(str(v))[:MAX_TAG_LEN] for k, v in (tags or {}).items()},
+        )
+        try:
+            self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+            self.client.log_model_artifacts(model.model_id, local_dir)
+            if metrics:
+                now = int(time.time() * 1000)
+                self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0, model_id=model.model_id)
+                                                       for k, v in metrics.items()], synchronous=True)
+        except BaseException:
+            with suppress(Exception):  # keep the original error
+                self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        return model.model_id
+
+    def logged_model_location(self, model_id: str) -> str:
+        """Where a LoggedModel's files are (file://..., mlflow-artifacts:/..., s3://...)."""
+        return self.client.get_logged_model(model_id).artifact_location
+
+    def register_version(self, name: str, source: str, run_id: str, tags: dict[str, Any] | None = None,
+                         description: str | None = None, model_id: str | None = None) -> str:
+        """A new version of registered model `name` (created if missing) from `source`; with `model_id`
+        the LoggedModel lists the version too. Returns the version.
+
+        Give the LoggedModel's location as `source`, not `models:/<model_id>`: MLflow 3.17 resolves such a
+        source through the process-wide tracking URI, not this client's (the SQL registry store on create,
+        ModelsArtifactRepository on download), so a job whose store comes from its job file could neither
+        register it nor download it again (the validate stage downloads the champion's source)."""
+        import json
+
+        from mlflow.exceptions import MlflowException
+        from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+        try:
+            self.client.create_registered_model(name, description="Fine-tuned by AutoTune")
+        except MlflowException:
+            pass  # already registered
+        tags = {k: redact(str(v))[:MAX_TAG_LEN] for k, v in (tags or {}).items()}
+        mv = self.client.create_model_version(name, source, run_id=run_id, tags=tags, description=description,
+                                              model_id=model_id)
+        if model_id is not None:  # what mlflow.register_model records on the LoggedModel
+            listed = self.client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS)
+            versions = (json.loads(listed) if listed else []) + [{"name": name, "version": mv.version}]
+            self.client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(versions)})
+        return str(mv.version)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None (no such model or alias)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
