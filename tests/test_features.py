@@ -21,7 +21,11 @@ def test_head_on_cached_features_is_the_same_model(tiny_model_dir, data):  # noq
     assert REGISTRY["head"].frozen_encoder and not REGISTRY["full"].frozen_encoder
     feats._CACHE.clear()
     splits, hit = feats.feature_splits(model, cfg, data, 64)
-    assert not hit and splits["train"]["features"].shape == (len(data["train"]["labels"]), 32)
+    train_feats = splits["train"]["features"]
+    assert not hit and len(train_feats) == len(data["train"]["labels"]) and not train_feats.done.any()
+    first = train_feats[[0, 5, 7]]  # rows are encoded when a batch first asks for them
+    assert first.shape == (3, 32) and train_feats.done.sum() == 3
+    assert (train_feats[[7]] == first[2:]).all()  # and read from the cache afterwards
     assert feats.feature_splits(model, cfg, data, 64)[1]  # second trial in this worker: a cache hit
 
     head = feats.head_on_features(model)
@@ -35,6 +39,7 @@ def test_head_on_cached_features_is_the_same_model(tiny_model_dir, data):  # noq
     train(on_feats, splits, TrainingConfig(epochs=3, batch_size=16, evals_per_epoch=1, warmup_ratio=0.0),
           learning_rate=5e-2, seed=0, on_rung=lambda m, r: reports.append(m))
     assert [round(m["examples"]) for m in reports] == [len(data["train"]["labels"]) * k for k in (1, 2, 3)]
+    assert train_feats.done.all()
     # the head trained on features, put back on the full model, predicts exactly what it did on features
     full = evaluate(model, data["validation"], 64)
     cached = evaluate(head, splits["validation"], 64)

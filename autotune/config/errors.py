@@ -1,8 +1,20 @@
-"""Turn pydantic validation errors into `FILE: yaml.path: what must hold (got X)` lines."""
+"""Turn pydantic validation errors into `FILE: yaml.path: what must hold (got X)` lines.
+
+Messages stay small whatever the input: every echoed value is cut to MAX_SHOWN characters, each line to
+MAX_LINE, and a report to its first MAX_PROBLEMS lines (`cap_problems`)."""
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+MAX_SHOWN = 200  # characters of a user value echoed in a message
+MAX_LINE = 600  # characters of one problem line
+MAX_PROBLEMS = 50  # problem lines shown; the rest are counted
+
+_repr = reprlib.Repr()
+_repr.maxlevel, _repr.maxlist, _repr.maxtuple, _repr.maxdict, _repr.maxset = 3, 10, 10, 10, 10
+_repr.maxstring, _repr.maxother, _repr.maxlong = MAX_SHOWN, MAX_SHOWN, MAX_SHOWN
 
 _TEMPLATES = {
     "greater_than_equal": "must be >= {ge}",
@@ -21,6 +33,7 @@ _TEMPLATES = {
     "list_type": "must be a list",
     "dict_type": "must be a mapping",
     "model_type": "must be a mapping",
+    "finite_number": "must be a finite number",
     "too_short": "must have at least {min_length} item(s)",
     "too_long": "must have at most {max_length} item(s)",
     "string_pattern_mismatch": "must match {pattern}",
@@ -29,15 +42,30 @@ _TEMPLATES = {
 
 
 def show(value: Any) -> str:
-    """A short, YAML-like rendering of a user value for error messages."""
+    """A short, YAML-like rendering of a user value for error messages: at most MAX_SHOWN characters of
+    it, never the whole of a huge string, list or mapping."""
     if isinstance(value, str):
+        if len(value) > MAX_SHOWN:
+            return f"{value[:MAX_SHOWN]!r}... ({len(value)} characters)"
         return repr(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, float) and value != value:
+        return ".nan"
+    if isinstance(value, float) and value in (float("inf"), float("-inf")):
+        return ".inf" if value > 0 else "-.inf"
+    text = _repr.repr(value)  # bounded: reprlib stops at a few items per level and a few levels
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def cap_problems(problems: list[str]) -> list[str]:
+    """The first MAX_PROBLEMS lines, each cut to MAX_LINE characters, plus a count of the rest."""
+    shown = [p if len(p) <= MAX_LINE else p[: MAX_LINE - 3] + "..." for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        shown.append(f"... and {len(problems) - MAX_PROBLEMS} more problem(s) not shown")
+    return shown
 
 
 def join_path(parts: tuple | list) -> str:
@@ -70,18 +98,20 @@ def describe(err: dict) -> str:
 
 
 def format_pydantic(exc, source: str, prefix: tuple = (), model=None) -> list[str]:
-    """One line per error. Union branches that pydantic reports separately are collapsed."""
-    lines: list[str] = []
+    """One line per error. Union branches that pydantic reports separately are collapsed.
+    Linear in the number of errors (a file with 100k unknown keys must not take minutes)."""
+    lines: dict[str, None] = {}  # ordered set
+    allowed_at: dict[tuple, list[str]] = {}
     for err in exc.errors(include_url=False):
         loc = [p for p in prefix] + [p for p in err["loc"] if not _is_union_tag(p)]
         if err["type"] == "extra_forbidden" and model is not None:
-            allowed = _allowed_keys(model, err["loc"][:-1])
-            if allowed:
-                err = {**err, "ctx": {"allowed": ", ".join(allowed)}}
-        line = f"{source}: {join_path(loc)}: {describe(err)}"
-        if line not in lines:
-            lines.append(line)
-    return lines
+            parent = tuple(err["loc"][:-1])
+            if parent not in allowed_at:
+                allowed_at[parent] = _allowed_keys(model, parent)
+            if allowed_at[parent]:
+                err = {**err, "ctx": {"allowed": ", ".join(allowed_at[parent])}}
+        lines[f"{source}: {join_path(loc)}: {describe(err)}"] = None
+    return list(lines)
 
 
 def _is_union_tag(part) -> bool:
@@ -89,15 +119,20 @@ def _is_union_tag(part) -> bool:
     return isinstance(part, str) and (part[:1].isupper() or "[" in part or part in ("str", "int", "float", "bool", "list[str]", "none"))
 
 
+def _yaml_keys(model) -> dict[str, Any]:
+    """YAML key -> field of a model: the alias where there is one (`validate`, not `validate_stage`)."""
+    return {(f.alias or name): f for name, f in getattr(model, "model_fields", {}).items()}
+
+
 def _allowed_keys(model, loc) -> list[str]:
-    """Walk the model tree along loc and list the field names accepted there."""
+    """Walk the model tree along loc and list the YAML keys accepted there."""
     from typing import get_args
 
     current = model
     for part in loc:
         if _is_union_tag(part) or isinstance(part, int):
             continue
-        fields = getattr(current, "model_fields", None)
+        fields = _yaml_keys(current)
         if not fields or part not in fields:
             return []
         ann = fields[part].annotation
@@ -109,4 +144,4 @@ def _allowed_keys(model, loc) -> list[str]:
         if nxt is None:
             return []
         current = nxt
-    return sorted(getattr(current, "model_fields", {}).keys())
+    return sorted(_yaml_keys(current))

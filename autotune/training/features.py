@@ -2,8 +2,9 @@
 encoder output for an example in every step of every trial, so it is computed once per worker process and
 per data set (frozen encoder in eval mode: exact, no dropout inside the encoder) and the head trains on it.
 
-A head trial then costs one pass of the encoder over the data (the first trial in a worker) or nothing
-(later ones), instead of a forward pass per step. The classifier keeps its name (`classifier.weight`,
+A head trial then costs at most one pass of the encoder over the data, spread over its first epoch (rows
+are encoded the first time a batch asks for them), and nothing in later epochs or later trials of the same
+worker - instead of a forward pass per step. The classifier keeps its name (`classifier.weight`,
 `classifier.bias`), so the trial's checkpoint rebuilds the full model exactly as before.
 """
 
@@ -42,12 +43,48 @@ def pooled_features(model, split: dict[str, Any], batch_size: int):
     return np.concatenate(out, axis=0)
 
 
+class LazyFeatures:
+    """Pooled encoder features of one split, computed on first use, row by row as batches ask for them.
+
+    The first rung of a head trial needs only its first batches and one validation pass, not a pass of
+    the encoder over the whole training split; later epochs and later trials in the same worker read the
+    cache. Indexing with a list of rows returns a float32 array, as a numpy array would."""
+
+    def __init__(self, model, split: dict[str, Any], batch_size: int):
+        import numpy as np
+
+        self.model, self.split, self.batch_size = model, split, batch_size
+        n = len(split["labels"])
+        self.values: Any = None  # (n, hidden) float32, allocated on first use
+        self.done = np.zeros(n, dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+    def __getitem__(self, rows):
+        import numpy as np
+
+        rows = np.asarray(rows)
+        missing = rows[~self.done[rows]]
+        if len(missing):
+            missing = np.unique(missing)
+            for start in range(0, len(missing), self.batch_size):
+                sel = missing[start : start + self.batch_size]
+                part = pooled_features(self.model, {k: v[sel] for k, v in self.split.items()}, self.batch_size)
+                if self.values is None:
+                    self.values = np.zeros((len(self.done), part.shape[1]), dtype=np.float32)
+                self.values[sel] = part
+                self.done[sel] = True
+        return self.values[rows]
+
+
 def feature_splits(model, model_cfg, data: dict[str, dict[str, Any]], batch_size: int) -> tuple[dict, bool]:
-    """Train/validation splits as pooled features (cached in this process). Returns (splits, cache_hit)."""
+    """Train/validation splits as pooled features, computed lazily and cached in this process.
+    Returns (splits, cache_hit)."""
     key = cache_key(model_cfg, data)
     if key in _CACHE:
         return _CACHE[key], True
-    splits = {s: {"features": pooled_features(model, data[s], batch_size), "labels": data[s]["labels"]}
+    splits = {s: {"features": LazyFeatures(model, data[s], batch_size), "labels": data[s]["labels"]}
               for s in ("train", "validation")}
     while len(_CACHE) >= _MAX_ENTRIES:
         _CACHE.pop(next(iter(_CACHE)))

@@ -47,6 +47,29 @@ def batches(split: dict[str, Any], batch_size: int, order=None):
         }
 
 
+def bucket_by_length(order: list[int], split: dict[str, Any], batch_size: int, generator,
+                     window_batches: int = 50) -> list[int]:
+    """Reorder a shuffled epoch so each batch holds rows of similar length (less padding, same rows).
+
+    Within windows of `window_batches` batches of the shuffled order, rows are sorted by token count and cut
+    into batches; the batches of the whole epoch are then shuffled with the same seeded generator. Every row
+    is still seen once per epoch, in an order that depends only on the seed (as HF's group_by_length)."""
+    import torch
+
+    lengths = split["attention_mask"].sum(1) if "attention_mask" in split else None
+    if lengths is None:  # cached features: nothing to pad
+        return order
+    window = batch_size * window_batches
+    chunks: list[list[int]] = []
+    for start in range(0, len(order), window):
+        part = sorted(order[start : start + window], key=lambda i: int(lengths[i]))
+        chunks += [part[j : j + batch_size] for j in range(0, len(part), batch_size)]
+    full = [c for c in chunks if len(c) == batch_size]
+    short = [c for c in chunks if len(c) < batch_size]  # at most one: it stays last, as batches() cuts every batch_size
+    perm = torch.randperm(len(full), generator=generator).tolist()
+    return [i for c in perm for i in full[c]] + [i for c in short for i in c]
+
+
 def macro_f1(labels: list[int], preds: list[int], num_labels: int) -> float:
     """Unweighted mean of per-class F1 over the classes present in labels or predictions (as sklearn)."""
     scores = []
@@ -157,6 +180,8 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
     metrics: dict[str, float] = {}
     while step < total_steps:
         order = torch.randperm(n_train, generator=order_gen).tolist()
+        if cfg.length_bucketing:
+            order = bucket_by_length(order, train_split, cfg.batch_size, order_gen)
         for batch in batches(train_split, cfg.batch_size, order):
             if step < start_step:  # restored trial: replay the data order without training
                 step += 1
