@@ -2,7 +2,7 @@
 
 Exit codes: 0 ok, 1 stage failure, 2 bad input (job file or data), 3 validation gate failed,
 4 too many failed trials, 5 artifact verification failed, 6 Ray cluster unusable, 7 Optuna storage unusable,
-8 MLflow tracking server unusable, 130 interrupted."""
+8 MLflow tracking server unusable, 9 job busy (another submit/resume holds it), 130 interrupted."""
 
 from __future__ import annotations
 
@@ -16,8 +16,30 @@ import typer
 
 from autotune.errors import AutotuneError, ConfigError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Search over fine-tuning methods and their knobs; ship the best model.")
+EXIT_CODES = (
+    (0, "ok"), (1, "a stage failed"), (2, "bad input (job file, data, job folder)"), (3, "a validation gate failed (deploy skipped)"),
+    (4, "too many consecutive failed trials"), (5, "artifact verification failed"), (6, "Ray cluster unusable"),
+    (7, "Optuna storage unusable"), (8, "MLflow tracking unusable"),
+    (9, "job busy: another submit/resume holds its folder (or its study)"), (130, "interrupted (Ctrl-C)"),
+)
+EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES)  # \b: keep the lines
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Search over fine-tuning methods and their knobs; ship the best model.", epilog=EPILOG)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from autotune import __version__
+
+        typer.echo(f"autotune {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Search over fine-tuning methods and their knobs; ship the best model."""
 
 
 @contextmanager
@@ -43,7 +65,7 @@ def _process_start() -> float:
 
 def _fail(exc: AutotuneError) -> None:
     if isinstance(exc, ConfigError):
-        typer.echo(f"error: {len(exc.problems)} problem(s) found:", err=True)
+        typer.echo(f"error: {getattr(exc, 'total', len(exc.problems))} problem(s) found:", err=True)
         for line in exc.problems:
             typer.echo(f"  {line}", err=True)
     else:
@@ -121,6 +143,8 @@ def status(output_dir: Path = typer.Argument(..., help="Output directory of a jo
 
     with _user_errors():
         info = api.status(output_dir)
+    if info.get("note"):
+        typer.echo(info["note"], err=True)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
@@ -144,29 +168,23 @@ def verify(artifact: Path = typer.Argument(..., help="Artifact directory written
 
 @app.command()
 def ui(
-    target: Path = typer.Argument(..., help="A job's output directory (or its job YAML)."),
-    port: int = typer.Option(5000, "--port"),
+    target: Path = typer.Argument(..., help="A job's output folder (also a copied, moved or unpacked one) or its job YAML."),
+    port: int = typer.Option(5000, "--port", help="Port of the MLflow UI."),
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address; keep 127.0.0.1 unless you mean to expose it."),
 ) -> None:
-    """Open the MLflow UI on the job's tracking store."""
-    import subprocess
-
+    """Open the MLflow UI on the job's store and print the link to the job's runs."""
     from autotune import api
-    from autotune.config.loader import load_job
 
-    from autotune.redact import redact
+    def ready(url: str, log: str | None) -> None:
+        typer.echo(f"MLflow UI: {url}" + (f"  (server log: {log}; Ctrl-C to stop)" if log else ""))
 
     with _user_errors():
-        job = load_job(target / "job.yaml" if target.is_dir() else target)
-        uri = api.tracking_uri(job)
-    typer.echo(f"MLflow UI for {redact(uri)} on http://{host}:{port}  (Ctrl-C to stop)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
-    if uri.startswith("sqlite:"):
-        cmd += ["--default-artifact-root", (job.output_dir / "mlartifacts").as_uri()]
-    try:
-        raise typer.Exit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise typer.Exit(0)
+        target_info = api.ui_target(target)
+        if target_info.note:
+            typer.echo(target_info.note, err=True)
+        typer.echo(f"starting the MLflow UI on {host}:{port} (one worker) ...")
+        code = api.serve_ui(target_info, host, port, ready)
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -107,3 +107,16 @@ def test_best_rule_counts_every_rung_and_breaks_ties_by_size():
     assert best_record(records, "val_accuracy", "max").number == 2
     assert best_record(records, "val_accuracy", "min").number == 0
     assert best_record([records[3], records[4]], "val_accuracy", "max") is None
+
+
+def test_measured_after_search_time_is_the_floor_of_the_reserve(cache_env):
+    from autotune.config.job import ModelConfig
+    from autotune.search.budget import history_key, measured_after_search, record_after_search
+
+    key = history_key(ModelConfig(num_hidden_layers=3), 600, False, False)
+    assert measured_after_search(key) is None
+    record_after_search(key, 80.0)
+    assert measured_after_search(key) == 80.0
+    assert measured_after_search(history_key(ModelConfig(), 600, False, False)) is None  # another model: not measured
+    clock = SearchClock(job_deadline=time.time() + 300, measured_after_s=measured_after_search(key))
+    assert clock.reserve_s() == pytest.approx(88.0)  # the last real run, plus 10%, beats the estimate

@@ -19,6 +19,8 @@ class JobContext:
     address: str | None = None
     resume: bool = False
     started_at: float = 0.0  # wall-clock start of this process (budget.wall_clock_s counts from here)
+    search_ended_at: float | None = None  # set by the tune stage: the stages after it are timed for the next plan
+    history_key: str | None = None
     results: dict[str, Any] = field(default_factory=dict)  # stage name -> typed result model
 
     @property

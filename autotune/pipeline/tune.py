@@ -56,6 +56,7 @@ def run(ctx: JobContext) -> TuneResult:
                           f"~{clock.reserve_s():.0f} s after it; re-estimated from the trials as they report)")
     outcome = run_search(ctx.job, pre.labels, tokens, ctx.tracker, ctx.parent_run_id, ctx.console,
                          address=ctx.address, resume=ctx.resume, clock=clock)
+    ctx.search_ended_at = time.time()  # what comes after is what the next job's budget plan reserves for
     seconds = time.time() - start
     rows = [
         TrialRow(trial_id=r.trial_id, number=r.number, method=r.method, knobs=r.knobs, status=r.status,
@@ -90,18 +91,33 @@ def run(ctx: JobContext) -> TuneResult:
 def search_clock(ctx: JobContext, tokens: dict, tune_start: float):
     """The search's deadlines: budget.wall_clock_s counted from the process start (minus what validate and
     deploy need), budget.time_budget_s from the start of this stage."""
-    from autotune.search.budget import SearchClock
+    from autotune.search.budget import SearchClock, history_key, measured_after_search
 
     budget = ctx.job.config.budget
     n_val = max(1, len(tokens["validation"]["labels"]))
     started = ctx.started_at or tune_start
+    ctx.history_key = history_key(ctx.job.config.model, len(tokens["test"]["labels"]), ctx.job.config.deploy.int8,
+                                  _has_champion(ctx))
     return SearchClock(
+        measured_after_s=measured_after_search(ctx.history_key),
         started_at=started,
         job_deadline=started + budget.wall_clock_s if budget.wall_clock_s else None,
         search_deadline=tune_start + budget.time_budget_s if budget.time_budget_s else None,
         test_to_val=len(tokens["test"]["labels"]) / n_val,
         int8=ctx.job.config.deploy.int8,
     )
+
+
+def _has_champion(ctx: JobContext) -> bool:
+    """Whether validate will also evaluate a registered champion (it costs a download and a test pass)."""
+    if "validate" not in ctx.job.config.stages:
+        return False
+    name = ctx.job.config.tracking.registered_model or ctx.job.config.name
+    try:
+        ctx.tracker.client.get_model_version_by_alias(name, "champion")
+        return True
+    except Exception:  # noqa: BLE001 - no model, no alias, or the registry is unreadable: validate will say
+        return False
 
 
 def _log(ctx: JobContext, result: TuneResult) -> None:

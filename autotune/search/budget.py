@@ -5,7 +5,9 @@ The search gets what is left once validate and deploy have their share. That sha
 the trials themselves measure - seconds to build a model and apply its method (`setup_seconds`) and seconds
 per validation pass (`eval_seconds`) - because the stages after the search do exactly those things: they
 rebuild the best model (and the best head-only model, and the exported and int8 copies) and evaluate them on
-the test split. Before any trial has reported, conservative defaults stand in.
+the test split. Before any trial has reported, conservative defaults stand in; and when a job with the same
+model and test-split size ran on this machine before, what its stages after the search really took is the
+floor of the estimate (`after_search_seconds.json` in the AutoTune cache).
 
 A trial is not started when the time left cannot hold its first rung: the cheapest first rung seen so far
 (time from trial start to its first report, per method) is the yardstick.
@@ -22,8 +24,8 @@ from dataclasses import dataclass, field
 # artifact write + sha256 + MLflow registration. Measured on the 2-core reference machine with the demo job
 # (3-layer MiniLM): 14-22 s; 25 s leaves room for a loaded machine.
 FIXED_AFTER_SEARCH_S = 12.0
-MODEL_BUILDS_AFTER_SEARCH = 5  # validate: best + head baseline; deploy: best, shipped copy, int8 copy
-TEST_PASSES_AFTER_SEARCH = 5  # validate: best + head + champion; deploy: shipped copy + int8 copy
+MODEL_BUILDS_AFTER_SEARCH = 3  # validate: best + base (forgetting); deploy: the shipped copy (+1 for int8)
+TEST_PASSES_AFTER_SEARCH = 3  # validate: best + head baseline; deploy: the shipped copy (+1 for int8)
 DEFAULT_SETUP_S = 3.0  # before any trial reported: model load + method apply (3-layer MiniLM here: ~1.5 s)
 DEFAULT_EVAL_S = 1.0  # one validation pass, before any trial reported (300 examples x 64 tokens: ~0.7 s)
 
@@ -51,15 +53,17 @@ class SearchClock:
     setup_s: list[float] = field(default_factory=list)
     eval_s: list[float] = field(default_factory=list)
     first_rung_s: dict[str, float] = field(default_factory=dict)  # method -> fastest start-to-first-report
+    measured_after_s: float | None = None  # what the stages after the search took last time (same model, here)
 
     @property
     def budgeted(self) -> bool:
         return self.job_deadline is not None or self.search_deadline is not None
 
     def observe(self, method: str, result: dict, seconds_since_start: float) -> None:
-        if "setup_seconds" in result:
+        full_model = not result.get("cached_features")  # a head on cached features says nothing of a model pass
+        if "setup_seconds" in result and full_model:
             self.setup_s.append(float(result["setup_seconds"]))
-        if "eval_seconds" in result:
+        if "eval_seconds" in result and full_model:
             self.eval_s.append(float(result["eval_seconds"]))
         if int(result.get("rung", 0)) == 1:
             prev = self.first_rung_s.get(method)
@@ -67,11 +71,15 @@ class SearchClock:
 
     def reserve_s(self) -> float:
         """Seconds validate and deploy (and the tune stage's summary) need after the search ends."""
-        setup = _median(self.setup_s, DEFAULT_SETUP_S)
+        # the fastest setup seen: a worker's first trial also pays its imports, which the driver has done
+        setup = min(self.setup_s) if self.setup_s else DEFAULT_SETUP_S
         evals = _median(self.eval_s, DEFAULT_EVAL_S) * self.test_to_val
         builds = MODEL_BUILDS_AFTER_SEARCH + (1 if self.int8 else 0)
         passes = TEST_PASSES_AFTER_SEARCH + (1 if self.int8 else 0)
-        return FIXED_AFTER_SEARCH_S + builds * setup + passes * evals
+        estimate = FIXED_AFTER_SEARCH_S + builds * setup + passes * evals
+        if self.measured_after_s is not None:  # measured beats estimated; the larger one is the safe one
+            estimate = max(estimate, 1.1 * self.measured_after_s)
+        return estimate
 
     def deadline(self) -> float | None:
         """When the search must stop (absolute time), or None without a budget."""
@@ -104,3 +112,46 @@ def _median(values: list[float], default: float) -> float:
         return default
     s = sorted(values)
     return s[len(s) // 2]
+
+
+def _history_path():
+    from autotune.data.demo import cache_dir
+
+    return cache_dir() / "after_search_seconds.json"
+
+
+def history_key(model_cfg, n_test: int, int8: bool, champion: bool) -> str:
+    """What the stages after the search cost depends on: the model, the test split's size, the int8 copy and
+    whether a registered champion is evaluated too."""
+    import json
+
+    return json.dumps([model_cfg.name_or_path, model_cfg.num_hidden_layers, model_cfg.max_length,
+                       round(n_test, -2), bool(int8), bool(champion)])
+
+
+def measured_after_search(key: str) -> float | None:
+    """Seconds the stages after the search took in the last job with this key on this machine."""
+    import json
+
+    try:
+        return float(json.loads(_history_path().read_text())[key]["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_after_search(key: str, seconds: float) -> None:
+    """Remember how long validate + deploy (+ the search summary) took, for the next job's budget plan."""
+    import json
+
+    path = _history_path()
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data[key] = {"seconds": round(seconds, 1), "when": time.time()}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the next plan its measurement

@@ -62,7 +62,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     if spec.gpus > 0 and torch.cuda.is_available():
         prepared.model.to("cuda")  # Ray set CUDA_VISIBLE_DEVICES to this trial's (share of a) GPU
     setup_seconds = time.perf_counter() - setup_start  # model load + method apply (budget planning)
-    if method.frozen_encoder and spec.cache_features:  # the encoder never changes: train the head on its output
+    cached = bool(method.frozen_encoder and spec.cache_features)
+    if cached:  # the encoder never changes: train the head on its output
         from autotune.methods.base import Prepared
         from autotune.training.features import feature_splits, head_on_features
 
@@ -79,7 +80,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
             with open(os.path.join(tmp, RECORD_FILE), "w") as fh:
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
                        "step": int(metrics["step"]), "metrics": metrics}, fh)
-            tune.report(dict(metrics, method=method_name, setup_seconds=setup_seconds, **where),
+            tune.report(dict(metrics, method=method_name, setup_seconds=setup_seconds, cached_features=cached,
+                             **where),
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
     train(prepared, data, training, params.learning_rate, spec.seed, on_rung, start_step=start_step)
