@@ -120,3 +120,43 @@ def test_measured_after_search_time_is_the_floor_of_the_reserve(cache_env):
     assert measured_after_search(history_key(ModelConfig(), 600, False, False)) is None  # another model: not measured
     clock = SearchClock(job_deadline=time.time() + 300, measured_after_s=measured_after_search(key))
     assert clock.reserve_s() == pytest.approx(88.0)  # the last real run, plus 10%, beats the estimate
+
+
+def test_fit_plan_shortens_a_trial_to_end_by_the_deadline():
+    from autotune.training.loop import fit_plan
+
+    rungs = [8, 16, 32, 63, 126]
+    # 100 steps left at 1 s/step, 40 s left, 5 s for the final evaluation: end at step 26 + 35 = 61
+    assert fit_plan(26, 126, rungs, 1.0, 40.0, 5.0) == (61, [8, 16, 32, 61])
+    assert fit_plan(26, 126, rungs, 0.1, 40.0, 5.0) == (126, rungs)  # fits: the plan stays
+    assert fit_plan(26, 126, rungs, 1.0, 2.0, 5.0) == (27, [8, 16, 27])  # never below one more step
+
+
+def test_a_budget_ends_the_trial_annealed_and_evaluated(tiny_model_dir):
+    import torch
+
+    from autotune.config.job import ModelConfig
+    from autotune.methods import REGISTRY, ApplyContext
+    from autotune.training.loop import train
+    from autotune.training.model import build_model
+    from tests.conftest import synthetic_rows
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    data = {}
+    for split, (n, seed) in {"train": (400, 0), "validation": (32, 1)}.items():
+        rows = synthetic_rows(n, seed)
+        enc = tok([t for t, _ in rows], truncation=True, max_length=16, padding="max_length", return_tensors="np")
+        data[split] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                       "labels": torch.tensor([int(l == "pos") for _, l in rows]).numpy()}
+    model = build_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["neg", "pos"])
+    prepared = REGISTRY["full"].apply(model, REGISTRY["full"].Params(), ApplyContext())
+    reports = []
+    start = time.time()
+    # 50 epochs would take far longer than the 3 s budget: the trial ends in time, at a final rung
+    train(prepared, data, TrainingConfig(epochs=50, batch_size=8), 1e-3, 0, lambda m, r: reports.append(m),
+          deadline=start + 3.0)
+    took = time.time() - start
+    last = reports[-1]
+    assert took < 6.0, took
+    assert last["rung"] == last["total_rungs"] and last["step"] < last["planned_steps"] == 2500

@@ -3,6 +3,7 @@ report every rung (with a checkpoint of the trained tensors) so ASHA can stop we
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import tempfile
@@ -11,6 +12,7 @@ from typing import Any
 
 from autotune.config.job import ModelConfig, TrainingConfig
 from autotune.config.space import CompiledSpace
+from autotune.search.callbacks_keys import DEADLINE_KEY
 
 STATE_FILE = "trainable.safetensors"
 RECORD_FILE = "trial.json"
@@ -36,7 +38,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     from safetensors.torch import save_file
 
     from autotune.methods import ApplyContext, get_method
-    from autotune.training.loop import batches, train
+    from autotune.training.loop import batches, evaluate_only, rung_steps, train
     from autotune.training.model import build_model
 
     import time
@@ -52,11 +54,12 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     torch.manual_seed(spec.seed)  # same head init for every trial of the job
     model = build_model(spec.model, spec.labels)
     restored, start_step = _restore(tune.get_checkpoint())
-    calib = []
-    if restored is None and getattr(params, "selection", None) == "gradient":
-        calib = list(batches(data["train"], training.batch_size))[:4]
+    # training batches the method asks for at apply time (gradient/Fisher selection, centroids): not on restore
+    n_calib = method.calibration_batches(params) if restored is None else 0
+    calib = list(itertools.islice(batches(data["train"], training.batch_size), n_calib)) if n_calib else []
+    planned_steps, _ = rung_steps(len(data["train"]["labels"]), training)  # schedules planned over the trial
     prepared = method.apply(model, params, ApplyContext(seed=spec.seed, calibration_batches=calib,
-                                                        restore_state=restored))
+                                                        total_steps=planned_steps, restore_state=restored))
     if restored is not None:  # a retried or resumed trial continues from its last rung
         prepared.load_trainable_state(restored)
     if spec.gpus > 0 and torch.cuda.is_available():
@@ -75,16 +78,28 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     where = {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
 
     def on_rung(metrics: dict[str, float], rung: int) -> None:
+        extra = {}  # the ranks an AdaLoRA-like method settled on, with the last rung (JSON: layer -> rank)
+        if hasattr(prepared, "final_ranks") and metrics.get("rung") == metrics.get("total_rungs"):
+            extra["final_ranks"] = json.dumps(prepared.final_ranks())
         with tempfile.TemporaryDirectory() as tmp:
             save_file(prepared.trainable_state(), os.path.join(tmp, STATE_FILE))
             with open(os.path.join(tmp, RECORD_FILE), "w") as fh:
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
-                       "step": int(metrics["step"]), "metrics": metrics}, fh)
+                       "step": int(metrics["step"]), "metrics": metrics, **extra}, fh)
             tune.report(dict(metrics, method=method_name, setup_seconds=setup_seconds, cached_features=cached,
-                             **where),
+                             **where, **extra),
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
-    train(prepared, data, training, params.learning_rate, spec.seed, on_rung, start_step=start_step)
+    if not method.trains:  # fitted in apply() (zero_shot): no optimizer step, one evaluation, one rung
+        evaluate_only(prepared, data, training, on_rung)
+        return
+    deadline = config.get(DEADLINE_KEY)
+    if deadline is not None and (restored is not None or deadline <= time.time() or cached):
+        # a resumed job counts its budget anew (its trials keep their plan); a head on cached features is
+        # slow only in its first epoch (rows are encoded as they come), so its pace would mislead the plan
+        deadline = None
+    train(prepared, data, training, params.learning_rate, spec.seed, on_rung, start_step=start_step,
+          deadline=deadline)
 
 
 def trial_training(training: TrainingConfig, params) -> TrainingConfig:

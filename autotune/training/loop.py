@@ -153,14 +153,30 @@ def rung_steps(n_train: int, cfg: TrainingConfig) -> tuple[int, list[int]]:
     return total, sorted(rungs)
 
 
+def fit_plan(step: int, total_steps: int, rungs: list[int], seconds_per_step: float, seconds_left: float,
+             eval_seconds: float) -> tuple[int, list[int]]:
+    """Budget-aware plan: when the steps still planned would run past the deadline, end the trial earlier -
+    at the last step that leaves time for its final evaluation - so it finishes (annealed, evaluated) instead
+    of being cut mid-plan. Only ever shortens; rungs past the new end are dropped, the new end is a rung."""
+    if seconds_per_step <= 0 or (total_steps - step) * seconds_per_step + eval_seconds <= seconds_left:
+        return total_steps, rungs
+    fits = step + max(1, int((seconds_left - eval_seconds) / seconds_per_step))
+    if fits >= total_steps:
+        return total_steps, rungs
+    return fits, sorted({r for r in rungs if r < fits} | {fits})
+
+
 def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learning_rate: float, seed: int,
-          on_rung: Callable[[dict[str, float], int], None], start_step: int = 0) -> dict[str, float]:
+          on_rung: Callable[[dict[str, float], int], None], start_step: int = 0,
+          deadline: float | None = None) -> dict[str, float]:
     """Train `prepared.model` on data['train'], evaluating on data['validation'] at every rung.
 
     `on_rung(metrics, rung)` is called after each evaluation (the trial reports to Ray Tune there).
     `start_step` > 0 continues a trial restored from its checkpoint: the data order and learning-rate
     schedule pick up where they were (AdamW's moments restart from zero: checkpoints hold weights only).
-    Raises TrialFailed on a non-finite loss. Returns the last metrics.
+    `deadline` (absolute time, from a budget): the plan is shortened to end by then (see fit_plan); the
+    learning-rate schedule then decays to zero at the new end. Raises TrialFailed on a non-finite loss.
+    Returns the last metrics.
     """
     import torch
 
@@ -177,6 +193,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
     trainable = prepared.trainable_params
     step, seen, since_rung_loss, since_rung_n = 0, 0, 0.0, 0
     start = time.perf_counter()
+    wall_start, trained_steps, eval_seconds, planned = time.time(), 0, 0.0, total_steps
     metrics: dict[str, float] = {}
     while step < total_steps:
         order = torch.randperm(n_train, generator=order_gen).tolist()
@@ -199,6 +216,15 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
             optimizer.step()
             prepared.after_optimizer_step(step)
             step += 1
+            trained_steps += 1
+            if deadline is not None and trained_steps % 4 == 0:  # re-plan against the budget every few steps
+                now = time.time()
+                per_step = (now - wall_start - eval_seconds * len([r for r in rungs if start_step < r <= step])) / trained_steps
+                eval_est = eval_seconds or 8 * per_step  # a validation pass costs ~8 steps before one is timed
+                new_total, new_rungs = fit_plan(step, total_steps, rungs, per_step, deadline - now, eval_est + 1.0)
+                if new_total < total_steps:
+                    total_steps, rungs = new_total, new_rungs
+                    lr_factor = schedule(min(int(cfg.warmup_ratio * planned), max(0, total_steps - 1)), total_steps)
             seen += len(batch["labels"])
             since_rung_loss += loss_value * len(batch["labels"])
             since_rung_n += len(batch["labels"])
@@ -224,11 +250,40 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
                     "seconds": elapsed,
                     "samples_per_s": seen / elapsed if elapsed > 0 else 0.0,
                     "eval_seconds": eval_seconds,  # one pass over the validation split (budget planning)
+                    "planned_steps": planned,  # before a budget shortened the plan (total_rungs says where it ends)
                 }
                 since_rung_loss, since_rung_n = 0.0, 0
                 on_rung(metrics, rung)
             if step >= total_steps:
                 break
+    return metrics
+
+
+def evaluate_only(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig,
+                  on_rung: Callable[[dict[str, float], int], None]) -> dict[str, float]:
+    """For a method fitted without gradient steps (`Method.trains = False`, e.g. zero_shot): one evaluation
+    on data['validation'], reported as the trial's only rung with the keys `train` reports except train_loss
+    (step 0, no optimizer state; `examples` = the training examples the fit looked at). Returns the metrics."""
+    start = time.perf_counter()
+    ev = evaluate(prepared.model, data["validation"], cfg.eval_batch_size)
+    elapsed = time.perf_counter() - start
+    metrics = {
+        "val_accuracy": ev.accuracy,
+        "val_macro_f1": ev.macro_f1,
+        "val_loss": ev.loss,
+        "trainable_params": prepared.trainable_params,
+        "optimizer_state_bytes": 0,
+        "rung": 1,
+        "total_rungs": 1,
+        "step": 0,
+        "examples": len(data["train"]["labels"]),
+        "epoch": 0.0,
+        "seconds": elapsed,
+        "samples_per_s": 0.0,
+        "eval_seconds": elapsed,
+        "planned_steps": 0,
+    }
+    on_rung(metrics, 1)
     return metrics
 
 
