@@ -119,7 +119,9 @@ def test_measured_after_search_time_is_the_floor_of_the_reserve(cache_env):
     assert measured_after_search(key) == 80.0
     assert measured_after_search(history_key(ModelConfig(), 600, False, False)) is None  # another model: not measured
     clock = SearchClock(job_deadline=time.time() + 300, measured_after_s=measured_after_search(key))
-    assert clock.reserve_s() == pytest.approx(88.0)  # the last real run, plus 10%, beats the estimate
+    assert clock.reserve_s() == pytest.approx(92.0)  # the last real run, plus 15%, replaces the estimate
+    clock.observe("lora", {"setup_seconds": 30.0, "eval_seconds": 20.0, "rung": 1}, 60.0)
+    assert clock.reserve_s() == pytest.approx(92.0)  # slow trials under load do not inflate a measured reserve
 
 
 def test_fit_plan_shortens_a_trial_to_end_by_the_deadline():
