@@ -203,6 +203,8 @@ def compile_space(space: SearchSpace, source: str, prefix: str = "") -> tuple[Co
                 out.append(knob)
         if not mine:
             mine += _check_combinations(method, out, source, mpath)
+        if not mine:  # what the method needs of this machine (qlora: a CUDA GPU), said before anything starts
+            mine += [f"{source}: {mpath}: {need}" for need in method.unmet_requirements()]
         problems += mine
         compiled[method_name] = tuple(out)
     portfolio = []

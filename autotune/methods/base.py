@@ -88,20 +88,36 @@ class Method:
     summary: ClassVar[str]
     cost_rank: ClassVar[int] = 50  # relative cost of a training step (lower = cheaper): start-up trials go cheapest first
     frozen_encoder: ClassVar[bool] = False  # trains only the classifier: trials run on cached pooled features
-    Params: ClassVar[type[MethodParams]] = MethodParams
+    Params: ClassVar[type[BaseModel]] = MethodParams
+    trains: ClassVar[bool] = True  # False: apply() fits the model without gradient steps; the trial only evaluates
 
     def apply(self, model: "nn.Module", params: MethodParams, ctx: "ApplyContext") -> Prepared:
         raise NotImplementedError
 
+    def calibration_batches(self, params: BaseModel) -> int:
+        """How many training batches apply() needs in `ctx.calibration_batches` (0: none, ALL_BATCHES: the
+        whole training split). The trial hands them over for a fresh apply, never for a restore."""
+        return 0
+
+    def unmet_requirements(self) -> list[str]:
+        """What this machine lacks for the method, as 'what must hold (got what was found)' lines; checked when
+        a space that lists the method is validated. Empty: runs anywhere."""
+        return []
+
+
+ALL_BATCHES = 2**31 - 1  # Method.calibration_batches(): the whole training split
+
 
 class ApplyContext(BaseModel):
     """What a method may need beyond its knobs: a sample of training batches (for gradient-based
-    selection) and a seed. Kept small and explicit."""
+    selection), the trial's planned number of optimizer steps (for schedules such as AdaLoRA's) and a seed.
+    Kept small and explicit."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     seed: int = 0
     calibration_batches: list[Any] = Field(default_factory=list)
+    total_steps: int | None = None  # optimizer steps the trial plans (training.loop.rung_steps); None = unknown
     restore_state: dict[str, Any] | None = None  # a trainable_state() to rebuild exactly (no re-selection)
 
 
@@ -117,6 +133,20 @@ def encoder_layers(model: "nn.Module"):
             continue
         return obj
     raise ValueError(f"cannot find the transformer layers of {type(enc).__name__}")
+
+
+def check_layers(method: str, layers: list[int] | None, model: "nn.Module") -> list[int] | None:
+    """The sorted distinct layer indices, or TrialFailed naming the ones the model does not have."""
+    if layers is None:
+        return None
+    from autotune.errors import TrialFailed
+
+    n = len(encoder_layers(model))
+    chosen = sorted(set(layers))
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise TrialFailed(f"{method}.layers: layer(s) {bad} do not exist (the model has {n} layers: 0..{n - 1})")
+    return chosen
 
 
 def freeze_all(model: "nn.Module") -> None:

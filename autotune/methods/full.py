@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from autotune.errors import TrialFailed
-from autotune.methods.base import Method, MethodParams, Prepared, encoder_layers, freeze_all, unfreeze_head
+from autotune.methods.base import (Method, MethodParams, Prepared, check_layers, encoder_layers, freeze_all,
+                                   unfreeze_head)
 
 
 class FullParams(MethodParams):
@@ -41,12 +41,8 @@ class FullMethod(Method):
             return Prepared(model, describe="all weights")
         layers = encoder_layers(model)
         n = len(layers)
-        if params.layers is not None:
-            chosen = sorted(set(params.layers))
-            bad = [i for i in chosen if not 0 <= i < n]
-            if bad:
-                raise TrialFailed(f"full.layers: layer(s) {bad} do not exist (the model has {n} layers: 0..{n - 1})")
-        else:
+        chosen = check_layers("full", params.layers, model)
+        if chosen is None:
             chosen = list(range(max(0, n - params.unfreeze_last_k), n))
         freeze_all(model)
         unfreeze_head(model)

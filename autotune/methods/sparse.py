@@ -6,8 +6,14 @@ on the deltas only (it pulls them back to the pretrained values) - a frozen entr
 The weight seen in forward is `W0 + scatter(delta)` through `torch.nn.utils.parametrize`; export folds
 the deltas in. The classifier head trains densely (it is new).
 
-Selection is global over all eligible tensors (every 2-D weight of the encoder's layers; embeddings are
-excluded), by |W| (magnitude), accumulated |grad| on a few training batches (gradient), or seeded random.
+Eligible: every 2-D weight of the encoder's layers (embeddings are excluded). Selection scores each entry
+by |W| (magnitude), accumulated |grad| over a few training batches (gradient, as SIFT), accumulated
+squared gradients over a few batches (fisher: the empirical diagonal Fisher information over mini-batches,
+as FISH Mask), or a seeded random draw. The mask is chosen once, before training (static). The budget of
+k = round((1 - sparsity) x eligible) entries is spent on the top scores over all tensors together
+(global) or split between tensors in proportion to their sizes (per_tensor; largest remainders, so the
+total is the same k): global lets the scores decide which matrices matter, per_tensor keeps every matrix
+in play when score scales differ between tensors (magnitude does).
 """
 
 from __future__ import annotations
@@ -22,8 +28,14 @@ from autotune.methods.base import Method, MethodParams, Prepared, encoder_layers
 
 class SparseParams(MethodParams):
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak AdamW learning rate for the deltas.")
-    sparsity: float = Field(0.99, ge=0.0, le=0.9999, description="Fraction of eligible weights kept frozen.")
-    selection: Literal["magnitude", "gradient", "random"] = Field("gradient", description="How entries are chosen.")
+    sparsity: float = Field(0.99, ge=0.0, le=0.99999, description="Fraction of eligible weights kept frozen.")
+    selection: Literal["magnitude", "gradient", "fisher", "random"] = Field(
+        "gradient", description="How entries are chosen: |W|, accumulated |grad| (SIFT), accumulated grad^2 "
+                                "(empirical Fisher, FISH Mask) on a few training batches, or seeded random.")
+    budget: Literal["global", "per_tensor"] = Field(
+        "global", description="Top scores over all eligible tensors together, or each tensor's share in proportion to its size.")
+    calibration_batches: int = Field(
+        4, ge=1, le=256, description="Training batches whose gradients score the entries (gradient and fisher selection).")
 
 
 def _delta_module():
@@ -74,8 +86,11 @@ class SparsePrepared(Prepared):
 class SparseMethod(Method):
     name = "sparse"
     cost_rank = 40  # dense gradients, sparse updates
-    summary = "a tiny set of critical weights (indices + deltas), chosen by magnitude/gradient/random"
+    summary = "a tiny set of critical weights (indices + deltas), chosen by magnitude/gradient/fisher/random"
     Params = SparseParams
+
+    def calibration_batches(self, params: SparseParams) -> int:
+        return params.calibration_batches if params.selection in ("gradient", "fisher") else 0
 
     def apply(self, model, params: SparseParams, ctx):
         import torch
@@ -95,18 +110,14 @@ class SparseMethod(Method):
         sizes = [s.numel() for s in scores]
         total = sum(sizes)
         k = max(1, round((1.0 - params.sparsity) * total))
-        flat = torch.cat([s.reshape(-1) for s in scores])
-        top = torch.topk(flat, k, sorted=False).indices
+        chosen = select_global(scores, k) if params.budget == "global" else select_per_tensor(scores, k)
         freeze_all(model)
         unfreeze_head(model)
         SparseDelta = _delta_module()
-        offsets = torch.tensor([0] + sizes).cumsum(0)
-        for t, (module, name) in enumerate(targets):
-            lo, hi = int(offsets[t]), int(offsets[t + 1])
-            local = top[(top >= lo) & (top < hi)] - lo
+        for (module, name), local in zip(targets, chosen):
             if local.numel():
                 parametrize.register_parametrization(module, name, SparseDelta(local.sort().values))
-        return SparsePrepared(model, targets, describe=f"{k} of {total} entries ({params.selection})")
+        return SparsePrepared(model, targets, describe=f"{k} of {total} entries ({params.selection}, {params.budget})")
 
     @staticmethod
     def _restore(model, targets, state):
@@ -135,9 +146,11 @@ class SparseMethod(Method):
         if params.selection == "random":
             g = torch.Generator().manual_seed(ctx.seed)
             return [torch.rand(w.shape, generator=g) for w in weights]
-        # gradient: accumulated |dL/dW| over a few calibration batches, model in train mode, no update
+        # gradient / fisher: accumulated |dL/dW| or (dL/dW)^2 over a few calibration batches, model in train
+        # mode, no update. Fisher is the empirical diagonal Fisher of mini-batch gradients (FISH Mask uses
+        # per-example gradients; mini-batches cost one backward pass per batch instead of per example).
         if not ctx.calibration_batches:
-            raise TrialFailed("sparse.selection: 'gradient' needs calibration batches (none were given)")
+            raise TrialFailed(f"sparse.selection: {params.selection!r} needs calibration batches (none were given)")
         acc = [torch.zeros_like(w) for w in weights]
         was_training = model.training
         model.train()
@@ -146,7 +159,33 @@ class SparseMethod(Method):
             model(**batch).loss.backward()
             for a, w in zip(acc, weights):
                 if w.grad is not None:
-                    a += w.grad.abs()
+                    a += w.grad.square() if params.selection == "fisher" else w.grad.abs()
         model.zero_grad(set_to_none=True)
         model.train(was_training)
         return acc
+
+
+def select_global(scores, k: int):
+    """Per tensor, the flat indices of its entries among the k highest scores over all tensors."""
+    import torch
+
+    sizes = [s.numel() for s in scores]
+    top = torch.topk(torch.cat([s.reshape(-1) for s in scores]), k, sorted=False).indices
+    offsets = torch.tensor([0] + sizes).cumsum(0)
+    return [top[(top >= offsets[t]) & (top < offsets[t + 1])] - offsets[t] for t in range(len(scores))]
+
+
+def select_per_tensor(scores, k: int):
+    """Per tensor, the flat indices of its own highest scores; tensor t gets k x size_t / total entries,
+    rounded by largest remainder so that the shares add up to exactly k."""
+    import torch
+
+    sizes = [s.numel() for s in scores]
+    total = sum(sizes)
+    exact = [k * n / total for n in sizes]
+    shares = [int(e) for e in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda t: (exact[t] - shares[t], sizes[t]), reverse=True)
+    for t in by_remainder[: k - sum(shares)]:
+        shares[t] += 1
+    return [torch.topk(s.reshape(-1), n, sorted=False).indices if n else torch.zeros(0, dtype=torch.long)
+            for s, n in zip(scores, shares)]
