@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,65 @@ def tracking_uri(job: ResolvedJob) -> str:
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or job.config.tracking.uri or f"sqlite:///{job.output_dir / 'mlflow.db'}"
     return usable(uri, "tracking.uri", "MLFLOW_TRACKING_URI")
+
+
+@dataclass(frozen=True)
+class JobFolder:
+    """A job's output folder as it is NOW - where it was written, or a copy, a moved folder, an unpacked
+    archive: everything is resolved from `path`, never from the output_dir recorded in job.yaml."""
+
+    path: Path
+    config: Any  # JobConfig as saved in job.yaml
+    state: JobState
+    store: StateStore
+    written_at: Path  # output_dir when the job ran
+
+    @property
+    def embedded_tracking(self) -> bool:
+        """The job logged to the folder's own sqlite store (no tracking server, no other store)."""
+        return self.state.tracking_uri == f"sqlite:///{self.written_at / 'mlflow.db'}"
+
+
+def job_folder(output_dir: str | Path) -> JobFolder:
+    """Read a job folder without needing its data file, model or engines (status and ui of a copied or
+    archived folder work on another machine)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from autotune.config.errors import format_pydantic
+    from autotune.config.job import JobConfig
+    from autotune.config.loader import read_text_file
+
+    out = Path(output_dir).resolve()
+    store = StateStore(out)
+    state = store.job()
+    if state is None or not (out / "job.yaml").is_file():
+        raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json or job.yaml)"])
+    src = out / "job.yaml"
+    try:
+        config = JobConfig.model_validate(yaml.safe_load(read_text_file(src)))
+    except ValidationError as exc:
+        raise ConfigError(format_pydantic(exc, str(src))) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{src}: not valid YAML ({str(exc).splitlines()[0]})"]) from None
+    written_at = Path(config.output_dir) if config.output_dir else out
+    return JobFolder(out, config, state, store, written_at)
+
+
+def folder_tracking(folder: JobFolder):
+    """(tracking URI, FolderStore or None) of a job folder. MLFLOW_TRACKING_URI and the job's tracking.uri
+    win as at submit; a job that logged to its folder's own store opens that store IN THIS FOLDER, with
+    artifact locations rewritten if the folder was moved (see tracking/local_store.py)."""
+    from autotune.redact import usable
+    from autotune.tracking.local_store import open_folder_store
+
+    override = os.environ.get("MLFLOW_TRACKING_URI") or folder.config.tracking.uri
+    if override:
+        return usable(override, "tracking.uri", "MLFLOW_TRACKING_URI"), None
+    if not folder.embedded_tracking:  # submitted with MLFLOW_TRACKING_URI set: the store is elsewhere
+        return usable(folder.state.tracking_uri, "tracking.uri", "MLFLOW_TRACKING_URI"), None
+    fs = open_folder_store(folder.path, folder.state.experiment)
+    return fs.uri, fs
 
 
 def _console():
@@ -53,26 +113,27 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
     started_at = started_at or time.time()
     job = load_job(job_path)
     _preflight(job, address)
-    store = StateStore(job.output_dir)
-    if store.job() is not None:
-        if not force:
-            raise ConfigError([
-                f"{job_path}: output_dir: {job.output_dir} already holds a job; continue it with "
-                f"`autotune resume {job.output_dir}`, start over with --force, or set another output_dir"
-            ])
-        for sub in ("state", "ray", "data", "artifact", "plots", "champion"):
-            shutil.rmtree(job.output_dir / sub, ignore_errors=True)
-        for f in ("optuna.db", "trials.csv", "predictions_test.json", "job.yaml"):
-            (job.output_dir / f).unlink(missing_ok=True)
-    job.output_dir.mkdir(parents=True, exist_ok=True)
-    import yaml
+    with _one_writer(job, f"autotune submit {job_path}"):  # before anything in the folder is touched
+        store = StateStore(job.output_dir)
+        if store.job() is not None:
+            if not force:
+                raise ConfigError([
+                    f"{job_path}: output_dir: {job.output_dir} already holds a job; continue it with "
+                    f"`autotune resume {job.output_dir}`, start over with --force, or set another output_dir"
+                ])
+            for sub in ("state", "ray", "data", "artifact", "plots", "champion"):
+                shutil.rmtree(job.output_dir / sub, ignore_errors=True)
+            for f in ("optuna.db", "trials.csv", "predictions_test.json", "job.yaml"):
+                (job.output_dir / f).unlink(missing_ok=True)
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
 
-    (job.output_dir / "job.yaml").write_text(redact(
-        "# resolved by autotune submit: defaults filled in, search space inlined, passwords masked;\n"
-        "# `autotune resume` reads this\n"
-        + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
-    ))
-    return _run(job, store, address, resume=False, console=console, started_at=started_at)
+        (job.output_dir / "job.yaml").write_text(redact(
+            "# resolved by autotune submit: defaults filled in, search space inlined, passwords masked;\n"
+            "# `autotune resume` reads this\n"
+            + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
+        ))
+        return _run(job, store, address, resume=False, console=console, started_at=started_at)
 
 
 def resume(output_dir: str | Path, address: str | None = None, console=None,
@@ -83,9 +144,47 @@ def resume(output_dir: str | Path, address: str | None = None, console=None,
     store = StateStore(out)
     if store.job() is None or not (out / "job.yaml").is_file():
         raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json or job.yaml)"])
-    job = load_job(out / "job.yaml")
+    console = console or _console()
+    job = _load_for_resume(out, store, console)
     _preflight(job, address)
-    return _run(job, store, address, resume=True, console=console, started_at=started_at)
+    with _one_writer(job, f"autotune resume {out}", folder=out):  # the folder named, even if it was moved
+        return _run(job, store, address, resume=True, console=console, started_at=started_at)
+
+
+def _one_writer(job: ResolvedJob, command: str, folder: Path | None = None):
+    """The job's locks (output folder; the study too when it lives in PostgreSQL): a second submit or resume
+    of the same job exits with JobBusy (exit 9), naming the holder."""
+    from autotune.lock import hold_job
+    from autotune.search.tuner import optuna_storage_url, study_name
+
+    return hold_job(folder or job.output_dir, command, optuna_storage_url(job), study_name(job))
+
+
+def _load_for_resume(out: Path, store: StateStore, console) -> ResolvedJob:
+    """The saved job. A data file deleted (or moved) after the preprocess stage succeeded does not stop a
+    resume: the cleaned splits in OUTPUT_DIR/data are what every later stage reads."""
+    try:
+        return load_job(out / "job.yaml")
+    except ConfigError as exc:
+        if not exc.problems or not all(": data.path: file not found" in p for p in exc.problems):
+            raise
+        problems = exc.problems
+    job = load_job(out / "job.yaml", data_missing_ok=True)
+    pre = store.stage("preprocess")
+    data_dir = out / "data"
+    needed = [data_dir / f"{split}.jsonl" for split in ("train", "validation", "test")]
+    needed.append(Path(pre.outputs.get("tokens_path") or data_dir / "tokens.npz"))
+    missing = [str(p) for p in needed if not p.is_file()]
+    if pre.status != "succeeded" or pre.inputs_hash != job.fingerprint():
+        why = "the preprocess stage has not succeeded, so there are no cleaned splits to resume from"
+    elif missing:
+        why = f"the cleaned splits are incomplete (missing {', '.join(missing)})"
+    else:
+        sizes = ", ".join(f"{k} {v}" for k, v in pre.outputs.get("sizes", {}).items())
+        console.print(f"data: {job.data_path} no longer exists; resuming from the cleaned splits in {data_dir} "
+                      f"({sizes}), which the preprocess stage wrote")
+        return job
+    raise ConfigError(problems + [f"{out}: cannot resume without the data file: {why}; put the file back"])
 
 
 def _run(job: ResolvedJob, store: StateStore, address: str | None, resume: bool, console,
@@ -110,9 +209,19 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
     console = console or _console()
     uri = tracking_uri(job)
     experiment = job.config.tracking.experiment or job.config.name
+    if resume and store.dir.parent.resolve() != job.output_dir:
+        raise ConfigError([f"{store.dir.parent.resolve()}: this job folder was written at {job.output_dir}; "
+                           f"`autotune resume` continues a job only in the folder it ran in (status and ui work on "
+                           f"copies): move it back to {job.output_dir}"])
     artifact_location = None
     if uri.startswith("sqlite:"):
         artifact_location = (job.output_dir / "mlartifacts").as_uri()
+    if resume and uri == f"sqlite:///{job.output_dir / 'mlflow.db'}":  # its own store: locations point here
+        from autotune.tracking.local_store import open_folder_store
+
+        note = open_folder_store(job.output_dir, experiment, need_artifacts=False).note
+        if note:
+            console.print(note)
     tracker = MlflowTracker(uri, experiment, artifact_location)
     state = store.job()
     if resume and state and state.parent_run_id:
@@ -147,6 +256,10 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
         _shutdown_ray()
     summary = _summary(ctx, time.time() - start, uri)
     write_json_atomic(job.output_dir / "summary.json", summary)
+    if ctx.search_ended_at is not None and ctx.history_key and "deploy" in job.config.stages:
+        from autotune.search.budget import record_after_search
+
+        record_after_search(ctx.history_key, time.time() - ctx.search_ended_at)
     _print_summary(console, summary)
     return summary
 
@@ -222,18 +335,19 @@ def _print_summary(console, s: dict[str, Any]) -> None:
 
 
 def status(output_dir: str | Path) -> dict[str, Any]:
-    """Stages, trial counts and best so far, read from state files and the MLflow store (no Ray)."""
-    out = Path(output_dir).resolve()
-    store = StateStore(out)
-    state = store.job()
-    if state is None:
-        raise ConfigError([f"{out}: not an AutoTune job directory (no state/job.json)"])
+    """Stages, trial counts and best so far, read from state files and the MLflow store (no Ray). The
+    folder may have been copied, moved or unpacked: its own store is read (and refused if missing)."""
+    folder = job_folder(output_dir)
+    out, state = folder.path, folder.state
     from autotune.pipeline.state import STAGES
 
-    stages = {name: store.stage(name) for name in STAGES}
+    stages = {name: folder.store.stage(name) for name in STAGES}
     info: dict[str, Any] = {"job": state.name, "output_dir": str(out), "parent_run_id": state.parent_run_id,
                             "stages": {k: v.status for k, v in stages.items()}, "trials": {}, "best": None}
-    job = load_job(out / "job.yaml")
+    uri, local = folder_tracking(folder)  # a missing embedded store is an error, not an empty answer
+    info["tracking_uri"] = redact(uri)
+    if local is not None and local.note:
+        info["note"] = local.note
     try:
         import json
         from types import SimpleNamespace
@@ -241,10 +355,10 @@ def status(output_dir: str | Path) -> dict[str, Any]:
         from autotune.search.best import BEST_TAG, best_record
         from autotune.tracking.mlflow_tracker import STATUS_TAG, MlflowTracker
 
-        tracker = MlflowTracker(tracking_uri(job), state.experiment)
+        tracker = MlflowTracker(uri, state.experiment, create=False)
         runs = tracker.client.search_runs([tracker.experiment_id],
                                           filter_string=f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
-        metric, mode = job.config.objective.metric, job.config.objective.mode
+        metric, mode = folder.config.objective.metric, folder.config.objective.mode
         counts: dict[str, int] = {}
         trials = []
         for r in runs:
@@ -255,8 +369,110 @@ def status(output_dir: str | Path) -> dict[str, Any]:
                 method=r.data.params.get("method"), best=json.loads(r.data.tags.get(BEST_TAG, "{}"))))
         info["trials"] = counts
         b = best_record(trials, metric, mode)
-        best = (b.best[metric], b.name, b.method) if b else None
-        info["best"] = {"value": best[0], "trial": best[1], "method": best[2], "metric": metric} if best else None
+        info["best"] = {"value": b.best[metric], "trial": b.name, "method": b.method, "metric": metric} if b else None
     except Exception as exc:  # noqa: BLE001 - status must work even when the store is unreachable
         info["tracking_error"] = redact(str(exc))[:300]
     return info
+
+
+@dataclass(frozen=True)
+class UiTarget:
+    tracking_uri: str
+    artifact_root: str | None  # file://OUTPUT_DIR/mlartifacts for an embedded store
+    experiment_id: str | None  # the job's experiment (None: no job has run yet)
+    note: str | None = None  # the folder was moved: its store was rewritten to point at it
+
+
+def runs_view_url(base: str, experiment_id: str | None) -> str:
+    """MLflow 3 opens an experiment in its GenAI (traces) view; this is the classic runs table."""
+    base = base.rstrip("/")
+    if experiment_id is None:
+        return base + "/"
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_target(target: str | Path) -> UiTarget:
+    """What `autotune ui` opens: a job folder (as it is now, moved or not) or a job YAML's output folder."""
+    target = Path(target)
+    if target.is_dir():
+        folder = job_folder(target)
+    else:
+        job = load_job(target)
+        if StateStore(job.output_dir).job() is None:  # nothing ran yet: the store as the job file names it
+            return UiTarget(tracking_uri(job), (job.output_dir / "mlartifacts").as_uri(), None)
+        folder = job_folder(job.output_dir)
+    uri, local = folder_tracking(folder)
+    from autotune.tracking.mlflow_tracker import MlflowTracker
+
+    experiment_id = MlflowTracker(uri, folder.state.experiment, create=False).experiment_id
+    return UiTarget(uri, local.artifact_root if local else None, experiment_id, local.note if local else None)
+
+
+def serve_ui(ui: UiTarget, host: str, port: int, on_ready, timeout_s: float = 300.0) -> int:
+    """Run `mlflow server` on the job's store for one local user (one worker, no job consumers), call
+    `on_ready(url)` once /health answers, and wait until it exits or Ctrl-C. Returns its exit status."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import urllib.request
+
+    from autotune.errors import TrackingEngineError
+
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ui.tracking_uri.startswith(("http://", "https://")):  # a tracking server already serves its own UI
+        on_ready(runs_view_url(redact(ui.tracking_uri), ui.experiment_id), None)
+        return 0
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise ConfigError([f"--port: {host}:{port} is already in use (choose another with --port)"]) from None
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", ui.tracking_uri,
+           "--host", host, "--port", str(port), "--workers", "1"]
+    if ui.artifact_root:
+        cmd += ["--default-artifact-root", ui.artifact_root]
+    # MLflow 3.17 starts job consumers (huey) by default (MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true): not
+    # needed to browse one job's runs, and with 4 workers that is 16 processes and ~2.4 GB.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = tempfile.NamedTemporaryFile("w+", prefix="autotune-ui-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop() -> int:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        return proc.returncode
+
+    health = f"http://{'[' + local + ']' if ':' in local else local}:{port}"
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if proc.poll() is not None:
+                log.seek(0)
+                tail = "\n".join(log.read().strip().splitlines()[-15:])
+                raise TrackingEngineError(redact(f"mlflow server exited ({proc.returncode}) before it answered:\n{tail}"))
+            try:
+                with urllib.request.urlopen(health + "/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TrackingEngineError(f"mlflow server did not answer {health}/health within {timeout_s:.0f} s "
+                                          f"(log: {log.name})")
+            time.sleep(0.5)
+        on_ready(runs_view_url(health, ui.experiment_id), log.name)
+        proc.wait()
+        return proc.returncode
+    except KeyboardInterrupt:
+        stop()
+        return 0
+    finally:
+        stop()
+        log.close()

@@ -7,7 +7,6 @@ Exit codes: 0 ok, 1 stage failure, 2 bad input (job file or data), 3 validation 
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional

@@ -66,8 +66,9 @@ def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_mo
     assert parents[0].info.status == "FINISHED"
     assert not [c for c in children if c.info.status == "RUNNING"]
     for c in children:  # a trial the budget cut is marked as such, with the metrics it had reached
-        if c.data.tags.get("autotune.status") == "stopped":
+        if c.data.tags.get("autotune.trial_status") == "stopped":
             assert c.info.status == "KILLED" and c.data.tags["autotune.stop_reason"] == "budget"
+            assert c.data.tags["mlflow.note.content"].startswith("stopped by the budget ")
     assert not [t for t in _study(out, "budgeted").trials if t.state.name == "RUNNING"]
     trials_csv = (out / "trials.csv").read_text()
     assert ",running," not in trials_csv
@@ -127,6 +128,9 @@ def test_ctrl_c_stops_the_pipeline_and_resume_continues_the_search(tiny_model_di
     assert parents[0].info.status == "KILLED"
     assert not client.search_registered_models()  # nothing registered, nothing promoted
     assert not [c for c in children if c.info.status == "RUNNING"]
+    killed = [c for c in children if c.info.status == "KILLED"]  # the trial in flight says why it stopped
+    assert killed and all(c.data.tags["mlflow.note.content"].split("\n")[0].endswith("; `autotune resume` continues it")
+                          and c.data.tags["mlflow.note.content"].startswith("interrupted ") for c in killed)
 
     proc = subprocess.run([sys.executable, "-m", "autotune.cli", "resume", str(out)], capture_output=True, text=True,
                           timeout=400)

@@ -3,7 +3,9 @@ changes), build the AutoTune image on a base made from Debian's packages (deboot
 container registry is reachable here) from an offline wheel bundle, bring the compose stack up with --wait,
 submit a short job from the host against its PostgreSQL and MLflow, check the results there, tear it all down.
 The daemon's data root, the base image and the wheel bundle are cached under /var/cache/autotune-docker, so a
-warm run on the same machine skips debootstrap and most of the build."""
+warm run on the same machine skips debootstrap and most of the build. debootstrap takes its Debian mirror from
+this machine's own apt sources and its proxy from http_proxy/https_proxy or apt's configuration
+(tests/apt_sources.py), so the base builds wherever apt works."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.apt_sources import debootstrap_args
 from tests.cluster_env import free_port, wait_for
 from tests.test_docker_files import _compose_binary
 
@@ -26,8 +29,8 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path("/var/cache/autotune-docker")
-MIRROR = "http://deb.debian.org/debian"
-BASE = "autotune-base:bookworm"
+SUITE = "bookworm"
+BASE = f"autotune-base:{SUITE}"
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +82,12 @@ def ensure_base(env, timings) -> None:
     t0 = time.time()
     rootfs = CACHE / "rootfs"
     shutil.rmtree(rootfs, ignore_errors=True)
+    try:
+        args, boot_env = debootstrap_args(SUITE, rootfs)  # the machine's own mirror and proxy
+    except LookupError as exc:
+        pytest.fail(f"cannot build the {SUITE} base: {exc}")
     subprocess.run(["debootstrap", "--variant=minbase", "--include=python3,python3-venv,python3-pip,ca-certificates,postgresql-15",
-                    "bookworm", str(rootfs), MIRROR], check=True, capture_output=True, timeout=900)
+                    *args], check=True, capture_output=True, timeout=900, env=boot_env)
     tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
     subprocess.run(["docker", "import", "-", BASE], env=env, stdin=tar.stdout, check=True, capture_output=True)
     tar.wait()

@@ -86,23 +86,15 @@ def _log(ctx: JobContext, result: PreprocessResult, data) -> None:
 
 
 def _log_dataset_input(ctx: JobContext, result: PreprocessResult, data) -> None:
-    """Register the training split as an MLflow dataset input of the parent run (schema + profile)."""
-    import warnings
-
-    import mlflow.data
+    """Register each split (train, validation, test) as an MLflow dataset input of the parent run."""
     import pandas as pd
-    from mlflow.entities import DatasetInput, InputTag
 
-    train_path = Path(result.data_dir) / "train.jsonl"
-    df = pd.DataFrame({"text": [t for t, _ in data.splits["train"]],
-                       "label": [data.labels[l] for _, l in data.splits["train"]]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
-        ds = mlflow.data.from_pandas(df, source=str(train_path), name=f"{ctx.job.config.name}-train", targets="label")
-        entity = ds._to_mlflow_entity()  # schema inference warns about integer columns: labels have no NaN
-    ctx.tracker.client.log_inputs(
-        ctx.parent_run_id, datasets=[DatasetInput(entity, tags=[InputTag("mlflow.data.context", "training")])]
-    )
+    contexts = {"train": "training", "validation": "validation", "test": "testing"}
+    datasets = [(f"{ctx.job.config.name}-{split}",
+                 pd.DataFrame({"text": [t for t, _ in rows], "label": [data.labels[l] for _, l in rows]}),
+                 Path(result.data_dir) / f"{split}.jsonl", contexts.get(split, split))
+                for split, rows in data.splits.items()]
+    ctx.tracker.log_dataset_inputs(ctx.parent_run_id, datasets, targets="label")
 
 
 def _length_plot(ctx: JobContext, data) -> None:

@@ -26,3 +26,21 @@ def best_record(records: Iterable[Candidate], metric: str, mode: str):
     if not done:
         return None
     return max(done, key=lambda r: (sign * r.best[metric], -r.best.get("trainable_params", 0), -r.number))
+
+
+BEST_RULE = ("the best validation objective at ANY evaluated rung of any trial that did not fail (finished, pruned "
+             "by ASHA or stopped by the budget); ties go to fewer trainable parameters, then the earlier trial. "
+             "Optuna's own best_trial is the best FINAL value among COMPLETE trials: autotune.best_trial names "
+             "AutoTune's pick")
+
+
+def study_attrs(metric: str, tracker, parent_run_id: str | None) -> dict[str, Any]:
+    """Optuna study user attrs: the objective, the rule above, and the MLflow job run the trials log to."""
+    from autotune.redact import redact
+
+    attrs: dict[str, Any] = {"autotune.objective": metric, "autotune.best_rule": BEST_RULE}
+    if tracker is not None:
+        attrs.update({"autotune.mlflow_tracking_uri": redact(tracker.uri),
+                      "autotune.mlflow_experiment_id": tracker.experiment_id,
+                      "autotune.mlflow_parent_run_id": parent_run_id})
+    return attrs

@@ -17,7 +17,7 @@ from autotune.config.space import CompiledSpace
 from autotune.search.best import BEST_TAG, best_record
 from autotune.search.callbacks_keys import NUMBER_KEY
 from autotune.redact import redact
-from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, TRIAL_ID_TAG, MlflowTracker
+from autotune.tracking.mlflow_tracker import KNOBS_TAG, NOTE_TAG, STATUS_TAG, TRIAL_ID_TAG, MlflowTracker
 
 LOGGED_METRICS = (
     "val_accuracy", "val_macro_f1", "val_loss", "train_loss", "trainable_params", "optimizer_state_bytes",
@@ -39,6 +39,7 @@ class TrialRecord:
     metrics: dict[str, float] = field(default_factory=dict)  # at the last rung reported
     best: dict[str, float] = field(default_factory=dict)  # at the best rung so far: every rung is a candidate
     error: str | None = None
+    stop_reason: str | None = None  # stopped trials: "budget", "search stopped", "interrupted"
     run_id: str | None = None
     last_step: int = 0  # highest rung already logged to MLflow (a restored trial may replay some)
     node: str | None = None  # node id the trial last reported from
@@ -95,16 +96,31 @@ class TrialBook(Callback):
         self.records: dict[str, TrialRecord] = {}
         self.consecutive_failures = 0
         self.start = time.time()
+        self.scheduler = None  # the ASHA scheduler: its `cuts` say why each pruned trial was stopped
+        self._live = None  # rich Live progress display, on a terminal only
+        self._live_drawn = 0.0
 
     def __getstate__(self):
-        # Ray pickles the run config (with its callbacks) into the experiment state; the MLflow client and
-        # the console are driver-local and re-attached by `autotune resume`.
+        # Ray pickles the run config (with its callbacks) into the experiment state; the MLflow client,
+        # the console, the live display and the scheduler are driver-local and re-attached by `autotune resume`.
         state = self.__dict__.copy()
         state["tracker"] = None
         state["console"] = None
+        state["scheduler"] = None
+        state["_live"] = None
         return state
 
     # --- Tune hooks ---------------------------------------------------------------------------
+    def setup(self, **info):
+        self._live_start()
+
+    def on_step_end(self, iteration, trials, **info):
+        if self._live is not None and time.time() - self._live_drawn >= 1.0:  # elapsed and budget tick
+            self._live_refresh()
+
+    def on_experiment_end(self, trials, **info):
+        self.stop_live()
+
     def on_trial_start(self, iteration, trials, trial, **info):
         method, knobs = self.space.decode(trial.config)
         rec = self.records.get(trial.trial_id)
@@ -115,6 +131,7 @@ class TrialBook(Callback):
         if self.console is not None:
             knob_txt = " ".join(f"{k}={_fmt(v)}" for k, v in knobs.items())
             self.console.print(f"[dim]      trial {rec.number:>3} {method:<6} started   {knob_txt}[/]", highlight=False)
+        self._live_refresh()
         if self.tracker is None:
             return
         created = False
@@ -170,6 +187,7 @@ class TrialBook(Callback):
         if self.tracker is not None and rec.run_id and step > rec.last_step:
             self.tracker.log_metrics(rec.run_id, {k: result[k] for k in LOGGED_METRICS if k in result}, step=step)
             rec.last_step = step
+        self._live_refresh()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         rec = self.records.get(trial.trial_id)
@@ -196,10 +214,124 @@ class TrialBook(Callback):
     # --- helpers ------------------------------------------------------------------------------
     def _close(self, rec: TrialRecord, mlflow_status: str) -> None:
         if self.tracker is not None and rec.run_id:
-            self.tracker.set_tags(rec.run_id, {STATUS_TAG: rec.status})
+            self.tracker.set_tags(rec.run_id, {STATUS_TAG: rec.status, NOTE_TAG: self.describe(rec)})
             self.tracker.end(rec.run_id, mlflow_status)
         if self.console is not None:
             self._print(rec)
+        self._live_refresh()
+
+    def optuna_attrs(self, trial_id: str) -> dict[str, Any]:
+        """What the Optuna trial carries of this record: its best rung (the candidate AutoTune compares),
+        trainable parameters, why it stopped and its MLflow run."""
+        rec = self.records.get(trial_id)
+        if rec is None:
+            return {}
+        attrs: dict[str, Any] = {"autotune.mlflow_run_id": rec.run_id}
+        if self.metric in rec.best:
+            b = rec.best
+            attrs.update({"autotune.best_value": float(b[self.metric]), "autotune.best_rung": int(b.get("rung", 0)),
+                          "autotune.best_examples": int(b.get("examples", 0)),
+                          "autotune.trainable_params": int(b.get("trainable_params", 0))})
+        if rec.stop_reason:
+            attrs["autotune.stop_reason"] = rec.stop_reason
+        return {k: v for k, v in attrs.items() if v is not None}
+
+    # --- why a trial ended (its MLflow run's description) ---------------------------------------
+    def describe(self, rec: TrialRecord) -> str:
+        """One line saying why the trial ended, then its best rung: the run's description in MLflow."""
+        m = rec.metrics
+        rung, total = int(m.get("rung", 0)), int(m.get("total_rungs", 0))
+        at = f"at rung {rung}/{total}" if rung else "before its first rung"
+        if rec.status == "failed":
+            first = f"failed: {rec.error or 'unknown error'}"
+        elif rec.status == "finished":
+            first = f"finished: {rung}/{total} rungs"
+        elif rec.status == "pruned":
+            first = f"pruned by ASHA {at}"
+            cut = (getattr(self.scheduler, "cuts", None) or {}).get(rec.trial_id)
+            if cut is not None and self.metric in m:
+                milestone, cutoff, among = cut
+                worse = "<" if self.mode == "max" else ">"
+                group = f" among {among} trials" if among else ""
+                first += (f" ({int(m.get('examples', milestone)):,} examples), {self.metric} {m[self.metric]:.4f} "
+                          f"{worse} {cutoff:.4f}, the cut-off{group} at that rung")
+        elif rec.status == "stopped":
+            reason = rec.stop_reason or "search stopped"
+            if reason == "budget":
+                first = f"stopped by the budget {at}"
+            elif reason.startswith("interrupted"):
+                first = f"interrupted {at}; `autotune resume` continues it"
+            else:
+                first = f"stopped with the search {at}"
+        else:
+            first = f"{rec.status} {at}"
+        b = rec.best
+        if rec.status != "failed" and self.metric in b:
+            examples = f" ({int(b['examples']):,} examples)" if "examples" in b else ""
+            first += f"\n\nbest {self.metric} {b[self.metric]:.4f} at rung {int(b.get('rung', 0))}{examples}"
+        return first
+
+    # --- live progress display (a terminal only; plain lines otherwise) ---------------------------
+    def progress_text(self) -> str:
+        return " | ".join(self._progress_parts())
+
+    def _progress_parts(self) -> list[str]:
+        """[trial counts, best so far, elapsed and budget left]."""
+        recs = list(self.records.values())
+        counts = {s: sum(r.status == s for r in recs) for s in ("finished", "pruned", "stopped", "failed", "running")}
+        done = len(recs) - counts["running"]
+        of = f"/{self.total}" if self.total else ""
+        parts = [f"trials {done}{of} done: {counts['finished']} finished, {counts['pruned']} pruned, "
+                 f"{counts['stopped']} stopped, {counts['failed']} failed; {counts['running']} running"]
+        best = self.best()
+        parts.append(f"best {self.metric} {best.best[self.metric]:.4f} (trial {best.number}, {best.method})"
+                     if best else "best: none yet")
+        elapsed = f"{time.time() - self.start:.0f} s elapsed"
+        if self.clock is not None and self.clock.budgeted:
+            elapsed += f", ~{max(0.0, self.clock.left()):.0f} s of search budget left"
+        parts.append(elapsed)
+        return parts
+
+    def _live_start(self) -> None:
+        if self._live is not None or self.console is None or not self.console.is_terminal:
+            return
+        from rich.live import Live
+
+        try:
+            self._live = Live(self._progress_renderable(), console=self.console, auto_refresh=False, transient=True,
+                              redirect_stdout=False, redirect_stderr=False)
+            self._live.start()
+        except Exception:  # noqa: BLE001 - a progress display must never stop a search
+            self._live = None
+
+    def _progress_renderable(self):
+        """Two short lines (each cut to the terminal's width, never wrapped: a wrapped line would not be
+        redrawn in place)."""
+        from rich.console import Group
+        from rich.text import Text
+
+        counts, *rest = self._progress_parts()
+        return Group(*(Text(line, style="bold cyan", no_wrap=True, overflow="ellipsis")
+                       for line in (counts, " | ".join(rest))))
+
+    def _live_refresh(self) -> None:
+        if self._live is None:
+            self._live_start()
+            if self._live is None:
+                return
+        try:
+            self._live.update(self._progress_renderable(), refresh=True)
+            self._live_drawn = time.time()
+        except Exception:  # noqa: BLE001
+            self.stop_live()
+
+    def stop_live(self) -> None:
+        live, self._live = self._live, None
+        if live is not None:
+            try:
+                live.stop()
+            except Exception:  # noqa: BLE001
+                pass
 
     @property
     def _sign(self) -> int:
@@ -224,11 +356,26 @@ class TrialBook(Callback):
                 continue
             rec.status, rec.ended = "stopped", time.time()
             rec.error = None
+            rec.stop_reason = reason
             if self.tracker is not None and rec.run_id:
                 self.tracker.set_tags(rec.run_id, {"autotune.stop_reason": reason})
             self._close(rec, "KILLED")
             closed.append(rec)
+        self.stop_live()
         return closed
+
+    def mark_interrupted(self) -> None:
+        """Ctrl-C: the trials in flight are ended KILLED for now (with why), reopened by `autotune resume`."""
+        self.stop_live()
+        for rec in self.records.values():
+            if rec.status == "running" and self.tracker is not None and rec.run_id:
+                rec.stop_reason = "interrupted"
+                rec.status = "stopped"
+                note = self.describe(rec)
+                rec.status, rec.stop_reason = "running", None  # resume continues it
+                self.tracker.set_tags(rec.run_id, {"autotune.stop_reason": "interrupted; `autotune resume` continues it",
+                                                   NOTE_TAG: note})
+                self.tracker.end(rec.run_id, "KILLED")
 
     def _print(self, rec: TrialRecord) -> None:
         done = sum(r.status != "running" for r in self.records.values())

@@ -11,10 +11,64 @@ from __future__ import annotations
 import copy
 
 
+def recording_asha(**kwargs):
+    """Ray's ASHA, plus the cut-off that stopped each trial (see `recording`)."""
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    return recording(AsyncHyperBandScheduler)(**kwargs)
+
+
+def recording(base):
+    """An ASHA class that remembers, for every trial it stops, the rung and the cut-off value that stopped
+    it (`cuts[trial_id]`: examples at the rung, cut-off in the metric's own units, the method compared
+    within or None): each pruned trial's MLflow run says why it ended."""
+    from ray.tune.schedulers import TrialScheduler
+
+    class Recording(base):
+        per_method = False
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.cuts: dict[str, tuple[float, float, str | None]] = {}
+
+        def on_trial_result(self, tune_controller, trial, result):
+            cut = self._cutoff(trial, result)  # before the result is recorded, as ASHA itself computes it
+            action = super().on_trial_result(tune_controller, trial, result)
+            if action == TrialScheduler.STOP and cut is not None:
+                self.cuts[trial.trial_id] = cut
+            return action
+
+        def _cutoff(self, trial, result):
+            """ASHA's own rule (Ray 2.60 `_Bracket.on_result`): the highest milestone this result reaches and
+            the trial has not been recorded at; its cut-off is the (1 - 1/rf) percentile of those recorded."""
+            if self._time_attr not in result or self._metric not in result or result[self._time_attr] >= self._max_t:
+                return None
+            bracket = self._trial_info.get(trial.trial_id)
+            if bracket is None:
+                return None
+            cur = result[self._time_attr]
+            for milestone, recorded in bracket._rungs:  # descending milestones
+                if cur >= milestone and trial.trial_id in recorded:
+                    return None
+                if cur < milestone:
+                    continue
+                cutoff = bracket.cutoff(recorded)
+                if cutoff is None:
+                    return None
+                among = trial.config.get("method") if self.per_method else None
+                return float(milestone), float(cutoff) * self._metric_op, among  # metric_op is +1 / -1
+            return None
+
+    Recording.__name__ = Recording.__qualname__ = f"Recording{base.__name__}"
+    return Recording
+
+
 def method_stratified_asha(**kwargs):
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    class MethodStratifiedASHA(AsyncHyperBandScheduler):
+    class MethodStratifiedASHA(recording(AsyncHyperBandScheduler)):
+        per_method = True
+
         def __init__(self, **kw):
             super().__init__(**kw)
             self._template = copy.deepcopy(self._brackets)

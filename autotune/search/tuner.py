@@ -7,6 +7,7 @@ import json
 import math
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from autotune.config.loader import ResolvedJob
 from autotune.errors import StageError, TooManyFailures
 from autotune.search.callbacks_keys import JOB_RUN_ATTR
+from autotune.search.best import study_attrs
 
 
 @dataclass
@@ -34,6 +36,11 @@ def optuna_storage_url(job: ResolvedJob) -> str:
 
     url = os.environ.get("AUTOTUNE_OPTUNA_STORAGE") or job.config.storage.optuna_url
     return usable(url or f"sqlite:///{job.output_dir / 'optuna.db'}", "storage.optuna_url", "AUTOTUNE_OPTUNA_STORAGE")
+
+
+def study_name(job: ResolvedJob) -> str:
+    """The Optuna study of the job: search.study_name, else the job's name."""
+    return job.config.search.study_name or job.config.name
 
 
 def make_sampler(job: ResolvedJob):
@@ -79,6 +86,8 @@ def make_searcher(job: ResolvedJob, storage_url: str, study_name: str, job_run: 
     from autotune.search.searcher import AutotuneOptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # the storage (and its URL, password included) stays in this driver: the searcher drops it from
+    # everything Ray saves (tuner.pkl, searcher-state-*.pkl) and `autotune resume` attaches it again
     storage = optuna.storages.RDBStorage(storage_url)
     points = startup_points(job)
     return AutotuneOptunaSearch(
@@ -124,9 +133,9 @@ def make_scheduler(job: ResolvedJob, n_train: int):
         from autotune.search.scheduler import method_stratified_asha
 
         return method_stratified_asha(**kwargs)
-    from ray.tune.schedulers import AsyncHyperBandScheduler
+    from autotune.search.scheduler import recording_asha
 
-    return AsyncHyperBandScheduler(**kwargs)
+    return recording_asha(**kwargs)
 
 
 def ray_address(job: ResolvedJob, address: str | None) -> str | None:
@@ -154,14 +163,33 @@ def init_ray(job: ResolvedJob, address: str | None) -> None:
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
-        ray.init(
-            address="local",  # always a fresh local instance, never a cluster some `ray start` left recorded
-            include_dashboard=job.config.ray.include_dashboard,
-            dashboard_host="127.0.0.1",
-            _node_ip_address="127.0.0.1",
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-        )
+        with _loopback_only():
+            ray.init(
+                address="local",  # always a fresh local instance, never a cluster some `ray start` left recorded
+                include_dashboard=job.config.ray.include_dashboard,
+                dashboard_host="127.0.0.1",
+                _node_ip_address="127.0.0.1",
+                log_to_driver=False,
+                logging_level=logging.ERROR,
+            )
+
+
+@contextmanager
+def _loopback_only():
+    """Local Ray listens on 127.0.0.1 only. Ray 2.60 binds the GCS, raylet (node manager, object manager),
+    core-worker (driver and workers) and runtime-env-agent servers to the node IP, but ray.init rewrites a
+    loopback `_node_ip_address` to the machine's outward address (services.resolve_ip_for_localhost) - and
+    with a non-loopback node IP the gRPC servers bind every interface. The rewrite is skipped when
+    `ray_constants.ENABLE_RAY_CLUSTER` is false (what RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 sets, read once at
+    import): set it for ray.init only, so a later connection to a real cluster is unaffected."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 class SearchInterrupted(KeyboardInterrupt):
@@ -186,7 +214,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     ray_init_seconds = time.perf_counter() - t0
     n_train = len(tokenized["train"]["labels"])
     storage_url = optuna_storage_url(job)
-    study_name = cfg.search.study_name or cfg.name
+    study = study_name(job)
     book = TrialBook(job.space, tracker, parent_run_id, console, cfg.budget.num_trials or 0,
                      cfg.objective.metric, cfg.objective.mode, clock=clock)
     book.rung_log = job.output_dir / "rungs.jsonl"
@@ -224,12 +252,13 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         run_cfg.callbacks = [book]
         run_cfg.stop = guard
         searcher = tuner._local_tuner._tune_config.search_alg
+        searcher.attach_storage(storage_url)  # tuner.pkl holds the searcher without its storage
         _seed_book_from_tracker(book, tracker, parent_run_id)
-        orphans = _orphaned_optuna_trials(storage_url, study_name, exp_path, parent_run_id)
+        orphans = _orphaned_optuna_trials(storage_url, study, exp_path, parent_run_id)
         searcher.driver["orphans"] = list(orphans)  # adopted by the next suggestions: one trial, one record
         book.orphan_runs = _orphan_runs(tracker, parent_run_id, orphans)
     else:
-        searcher = make_searcher(job, storage_url, study_name, parent_run_id)
+        searcher = make_searcher(job, storage_url, study, parent_run_id)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
@@ -244,6 +273,10 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
             run_config=run_config,
         )
     searcher.driver["can_start"] = clock.can_start_trial
+    searcher.driver["deadline"] = clock.deadline
+    searcher.driver["trial_attrs"] = book.optuna_attrs  # each Optuna trial carries its best rung
+    book.scheduler = tuner._local_tuner._tune_config.scheduler  # its cut-offs say why a pruned trial stopped
+    searcher.describe_study(study_attrs(cfg.objective.metric, tracker, parent_run_id))
 
     # Ray Tune catches the first Ctrl-C, saves the experiment state and returns from fit() as if the search
     # were over. Ray restores the handler it found once it fired: ours, so we can tell an interrupted search
@@ -259,13 +292,11 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         results = tuner.fit()
         interrupted = in_main and signal.getsignal(signal.SIGINT) is _interrupted
     finally:
+        book.stop_live()
         if in_main:
             signal.signal(signal.SIGINT, previous)
     if interrupted:
-        for rec in book.records.values():  # in flight: ended KILLED for now, reopened by `autotune resume`
-            if rec.status == "running" and tracker is not None and rec.run_id:
-                tracker.set_tags(rec.run_id, {"autotune.stop_reason": "interrupted; `autotune resume` continues it"})
-                tracker.end(rec.run_id, "KILLED")
+        book.mark_interrupted()  # in flight: ended KILLED for now, reopened by `autotune resume`
         raise SearchInterrupted()
 
     del results  # Ray registers a checkpoint asynchronously: a trial stopped right after reporting may miss one
@@ -281,10 +312,11 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
             checkpoints[rec.trial_id], metrics = found
             if rec.status != "failed":
                 rec.best = metrics  # the same score; on a tie Tune may have kept a later rung than the first
-    _fail_unadopted(storage_url, study_name, searcher.driver.get("orphans", []))
+    _fail_unadopted(storage_url, study, searcher.driver.get("orphans", []))
     reason = "budget" if guard.deadline_hit else "search stopped"
     for rec in book.close_unfinished(reason):
         _tell_stopped(searcher, rec)
+    searcher.close_unstarted(set(book.records), reason)
     records = sorted(book.records.values(), key=lambda r: r.number)
     if guard.too_many_failures():
         last = [r for r in records if r.status == "failed"][-cfg.budget.max_consecutive_failures:]
@@ -293,6 +325,9 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
             f"(budget.max_consecutive_failures={cfg.budget.max_consecutive_failures}); last error: {last[-1].error if last else '?'}"
         )
     best = book.best()
+    if best is not None:  # the study names AutoTune's pick (Optuna's own best_trial follows another rule)
+        searcher.describe_study({"autotune.best_trial": best.number, "autotune.best_value": best.best[cfg.objective.metric],
+                                 "autotune.best_rung": int(best.best.get("rung", 0))})
     if best is None:
         errors = "; ".join(sorted({r.error or "?" for r in records if r.status == "failed"}))[:800]
         if clock.budgeted and not errors:
@@ -303,7 +338,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
                 f"{need}; validate and deploy were given {clock.reserve_s():.0f} s). Raise budget.wall_clock_s "
                 f"(or time_budget_s), lower training.first_rung, or use a smaller model (model.num_hidden_layers)")
         raise StageError(f"no trial produced a result ({len(records)} trials; errors: {errors or 'none recorded'})")
-    return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study_name, storage_url, exp_path,
+    return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study, storage_url, exp_path,
                          ray_init_seconds)
 
 
@@ -394,8 +429,10 @@ def _orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str, jo
     if not known:
         return []
     study = optuna.load_study(study_name=study_name, storage=storage_url)
+    # Ours: tagged with this job, or not tagged at all - asked for in the instant before the tags were set
+    # (the folder lock and, on PostgreSQL, the study lock keep any other job from asking meanwhile).
     return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t.user_attrs.get(JOB_RUN_ATTR) == job_run and t.user_attrs.get("ray_trial_id") not in known]
+            if t.user_attrs.get(JOB_RUN_ATTR, job_run) == job_run and t.user_attrs.get("ray_trial_id") not in known]
 
 
 def _orphan_runs(tracker, parent_run_id, orphans) -> dict[int, str]:

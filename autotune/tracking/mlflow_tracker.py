@@ -21,8 +21,21 @@ MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 8000
 
 TRIAL_ID_TAG = "autotune.trial_id"
-STATUS_TAG = "autotune.trial_status"  # finished | pruned | failed | running
+STATUS_TAG = "autotune.trial_status"  # finished | pruned | stopped | failed | running
 KNOBS_TAG = "autotune.knobs"  # the trial's knob values as JSON (params are strings)
+NOTE_TAG = "mlflow.note.content"  # a run's description in the MLflow UI (markdown)
+SOURCE_NAME = "autotune"
+
+
+def source_tags() -> dict[str, str]:
+    """Who and what wrote a run (the UI's "User" and "Source" columns): mlflow.user, mlflow.source.*."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no login name (a container with an unnamed uid)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+    return {"mlflow.user": user, "mlflow.source.name": SOURCE_NAME, "mlflow.source.type": "LOCAL"}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -37,7 +50,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MlflowTracker:
-    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None,
+                 create: bool = True):
+        """`create=False`: the experiment must exist (reading a job's store never creates one)."""
         import logging
 
         from mlflow.tracking import MlflowClient
@@ -50,6 +65,10 @@ class MlflowTracker:
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
+        if exp is None and not create:
+            from autotune.errors import ConfigError
+
+            raise ConfigError([f"{redact(tracking_uri)}: no MLflow experiment named '{experiment}'"])
         if exp is None:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
         else:
@@ -57,7 +76,8 @@ class MlflowTracker:
 
     # --- runs ------------------------------------------------------------------------------------
     def start_parent(self, run_name: str, tags: dict[str, str]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={**tags, "autotune.role": "job"})
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={**source_tags(), **tags, "autotune.role": "job"})
         return run.info.run_id
 
     def reopen(self, run_id: str) -> None:
@@ -76,7 +96,8 @@ class MlflowTracker:
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
-            tags={**tags, "mlflow.parentRunId": parent_id, TRIAL_ID_TAG: trial_id, "autotune.role": "trial"},
+            tags={**source_tags(), **tags, "mlflow.parentRunId": parent_id, TRIAL_ID_TAG: trial_id,
+                  "autotune.role": "trial"},
         )
         return run.info.run_id, True
 
@@ -85,16 +106,17 @@ class MlflowTracker:
 
     # --- data ------------------------------------------------------------------------------------
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        """Params as strings; a None (an unset knob) is not logged at all rather than as "None"."""
         from mlflow.entities import Param
 
-        items = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in flatten(params).items()]
+        items = [Param(k, redact(str(v))[:MAX_PARAM_LEN]) for k, v in flatten(params).items() if v is not None]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, params=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, redact(str(v))[:MAX_TAG_LEN]) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))[:MAX_TAG_LEN]) for k, v in tags.items() if v is not None]
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(run_id, tags=items[i : i + MAX_PARAMS_PER_BATCH], synchronous=True)
 
@@ -109,6 +131,27 @@ class MlflowTracker:
         ]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.client.log_batch(run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH], synchronous=True)
+
+    def set_note(self, run_id: str, text: str) -> None:
+        """The run's description (shown on its page and in the runs table's Description column)."""
+        self.set_tags(run_id, {NOTE_TAG: text})
+
+    def log_dataset_inputs(self, run_id: str, datasets: list[tuple[str, Any, str, str]], targets: str | None = None) -> None:
+        """Dataset inputs of a run, each (name, pandas DataFrame, the file it was saved to, context such as
+        training / validation / testing): the UI lists them with their schema and profile."""
+        import warnings
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for name, df, source, context in datasets:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "source can be interpreted in multiple ways"
+                ds = mlflow.data.from_pandas(df, source=str(source), name=name, targets=targets)
+                entity = ds._to_mlflow_entity()  # schema inference warns about integer columns
+            inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
+        self.client.log_inputs(run_id, datasets=inputs)
 
     def log_dict(self, run_id: str, data: Any, path: str) -> None:
         import json
@@ -138,8 +181,8 @@ class MlflowTracker:
 
         model = self.client.create_logged_model(
             self.experiment_id, name=name, source_run_id=run_id,
-            params={k: redact(str(v))[:MAX_PARAM_LEN] for k, v in flatten(params or {}).items()},
-            tags={k: redact(str(v))[:MAX_TAG_LEN] for k, v in (tags or {}).items()},
+            params={k: redact(str(v))[:MAX_PARAM_LEN] for k, v in flatten(params or {}).items() if v is not None},
+            tags={k: redact(str(v))[:MAX_TAG_LEN] for k, v in (tags or {}).items() if v is not None},
         )
         try:
             self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
