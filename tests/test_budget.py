@@ -13,6 +13,7 @@ from autotune.config.job import TrainingConfig
 from autotune.search.best import best_record
 from autotune.search.budget import SearchClock
 from autotune.training.loop import examples_after, rung_count, rung_steps
+from tests.test_loop import data  # noqa: F401 - fixture: tokenized synthetic splits
 
 
 def test_geometric_rungs_sit_at_the_same_examples_whatever_the_batch_size():
@@ -134,31 +135,20 @@ def test_fit_plan_shortens_a_trial_to_end_by_the_deadline():
     assert fit_plan(26, 126, rungs, 1.0, 2.0, 5.0) == (27, [8, 16, 27])  # never below one more step
 
 
-def test_a_budget_ends_the_trial_annealed_and_evaluated(tiny_model_dir):
-    import torch
-
+def test_a_budget_ends_the_trial_annealed_and_evaluated(tiny_model_dir, data):  # noqa: F811
     from autotune.config.job import ModelConfig
     from autotune.methods import REGISTRY, ApplyContext
     from autotune.training.loop import train
     from autotune.training.model import build_model
-    from tests.conftest import synthetic_rows
-    from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    data = {}
-    for split, (n, seed) in {"train": (400, 0), "validation": (32, 1)}.items():
-        rows = synthetic_rows(n, seed)
-        enc = tok([t for t, _ in rows], truncation=True, max_length=16, padding="max_length", return_tensors="np")
-        data[split] = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                       "labels": torch.tensor([int(l == "pos") for _, l in rows]).numpy()}
     model = build_model(ModelConfig(name_or_path=str(tiny_model_dir)), ["neg", "pos"])
     prepared = REGISTRY["full"].apply(model, REGISTRY["full"].Params(), ApplyContext())
     reports = []
     start = time.time()
-    # 50 epochs would take far longer than the 3 s budget: the trial ends in time, at a final rung
-    train(prepared, data, TrainingConfig(epochs=50, batch_size=8), 1e-3, 0, lambda m, r: reports.append(m),
+    # 200 epochs would take far longer than the 3 s budget: the trial ends in time, at a final rung
+    train(prepared, data, TrainingConfig(epochs=200, batch_size=8), 1e-3, 0, lambda m, r: reports.append(m),
           deadline=start + 3.0)
     took = time.time() - start
     last = reports[-1]
     assert took < 6.0, took
-    assert last["rung"] == last["total_rungs"] and last["step"] < last["planned_steps"] == 2500
+    assert last["rung"] == last["total_rungs"] and last["step"] < last["planned_steps"] == 4000

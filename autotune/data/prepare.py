@@ -155,14 +155,7 @@ def prepare(path: Path, cfg: DataConfig, source_name: str | None = None) -> Prep
     names = sorted(counts, key=_label_sort_key)
     index = {n: i for i, n in enumerate(names)}
     splits = _stratified_split([(t, index[l]) for t, l in rows], cfg, rng)
-    h = hashlib.sha256()
-    for split in ("train", "validation", "test"):
-        for text, label in splits[split]:
-            h.update(f"{split}\t{label}\t{text}\n".encode())
-    h.update(json.dumps(names).encode())
-    data = PreparedData(splits, names, h.hexdigest()[:16], rep, source_name or str(path))
-    data.stats = profile(data)
-    return data
+    return _prepared(path, splits, names, rep, source_name)
 
 
 def _missing_label(label) -> bool:
@@ -225,8 +218,20 @@ def _given_splits(df, cfg: DataConfig, path: Path) -> list[str]:
     return out
 
 
+def _prepared(path: Path, splits, names, rep: CleaningReport, source_name) -> "PreparedData":
+    """The prepared data set: splits, label names, a fingerprint of both, the cleaning report and a profile."""
+    h = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        for text, label in splits[split]:
+            h.update(f"{split}\t{label}\t{text}\n".encode())
+    h.update(json.dumps(names).encode())
+    data = PreparedData(splits, names, h.hexdigest()[:16], rep, source_name or str(path))
+    data.stats = profile(data)
+    return data
+
+
 def _prepared_as_given(path: Path, rows, row_split, counts, rep: CleaningReport, source_name) -> "PreparedData":
-    """The file's own split, as it is (shuffled within each split with a fixed seed, like the rest)."""
+    """The file's own split, as it is, in file order."""
     names = sorted(counts, key=_label_sort_key)
     index = {n: i for i, n in enumerate(names)}
     splits: dict[str, list[tuple[str, int]]] = {"train": [], "validation": [], "test": []}
@@ -236,14 +241,7 @@ def _prepared_as_given(path: Path, rows, row_split, counts, rep: CleaningReport,
     if empty:
         raise DataError(f"{path}: data.split_column gives no rows to {', '.join(empty)} after cleaning")
     rep.rows_kept = len(rows)
-    h = hashlib.sha256()
-    for split in ("train", "validation", "test"):
-        for text, label in splits[split]:
-            h.update(f"{split}\t{label}\t{text}\n".encode())
-    h.update(json.dumps(names).encode())
-    data = PreparedData(splits, names, h.hexdigest()[:16], rep, source_name or str(path))
-    data.stats = profile(data)
-    return data
+    return _prepared(path, splits, names, rep, source_name)
 
 
 def _stratified_split(rows, cfg: DataConfig, rng) -> dict[str, list[tuple[str, int]]]:
