@@ -291,7 +291,7 @@ def _ray_peer(kind: str, csv_or_splits, budget_s: float, seed: int, workdir: Pat
     from autotune.training.loop import evaluate
 
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a cluster some `ray start` recorded
 
     class Curve(tune.Callback):
         """Driver-side record: when each report arrived, and which trials were running when the budget hit."""
