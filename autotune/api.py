@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autotune.config.loader import ResolvedJob, load_job
 from autotune.errors import AutotuneError, ConfigError, GateFailed
-from autotune.pipeline.state import JobState, StateStore, write_json_atomic
+from autotune.pipeline.state import JobState, StateStore, write_json_atomic, write_text_atomic
 from autotune.redact import redact
 
 
@@ -113,7 +115,8 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
     started_at = started_at or time.time()
     job = load_job(job_path)
     _preflight(job, address)
-    with _one_writer(job, f"autotune submit {job_path}"):  # before anything in the folder is touched
+    with _disk_errors(job, job.output_dir, f"autotune submit {job_path}"), \
+            _one_writer(job, f"autotune submit {job_path}"):  # before anything in the folder is touched
         store = StateStore(job.output_dir)
         if store.job() is not None:
             if not force:
@@ -128,7 +131,7 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
         job.output_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
-        (job.output_dir / "job.yaml").write_text(redact(
+        write_text_atomic(job.output_dir / "job.yaml", redact(
             "# resolved by autotune submit: defaults filled in, search space inlined, passwords masked;\n"
             "# `autotune resume` reads this\n"
             + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
@@ -147,8 +150,34 @@ def resume(output_dir: str | Path, address: str | None = None, console=None,
     console = console or _console()
     job = _load_for_resume(out, store, console)
     _preflight(job, address)
-    with _one_writer(job, f"autotune resume {out}", folder=out):  # the folder named, even if it was moved
+    with _disk_errors(job, out, f"autotune resume {out}"), \
+            _one_writer(job, f"autotune resume {out}", folder=out):  # the folder named, even if it was moved
         return _run(job, store, address, resume=True, console=console, started_at=started_at)
+
+
+@contextmanager
+def _disk_errors(job: ResolvedJob, out: Path, command: str):
+    """A full disk, or a folder that turned read-only, mid-job: one line (DiskError, exit 1) with the path and
+    what to do, never the tracebacks of every write that failed after it (nor MLflow's or Ray's logs of them).
+    State files are written atomically, so the folder is resumable once there is space again."""
+    from autotune.disk import QuietLogs, find
+    from autotune.lock import JobBusy
+
+    QuietLogs.install()
+    try:
+        yield
+    except (ConfigError, GateFailed, JobBusy):
+        raise
+    except Exception as exc:
+        roots = [Path(out)] + ([Path(job.config.ray.storage_path)] if job.config.ray.storage_path else [])
+        found = find(exc, roots)
+        if found is None:
+            raise
+        if StateStore(Path(out)).job() is not None and (Path(out) / "job.yaml").is_file():
+            hint = f"continue with `autotune resume {out}`"
+        else:
+            hint = f"run `{command}` again"
+        raise found.place(Path(out), hint, roots) from None
 
 
 def _one_writer(job: ResolvedJob, command: str, folder: Path | None = None):
@@ -252,8 +281,14 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
         status = "KILLED"
         raise
     finally:
-        tracker.end(parent, status)
-        _shutdown_ray()
+        failing = sys.exc_info()[0] is not None
+        try:
+            tracker.end(parent, status)
+        except Exception:  # noqa: BLE001 - ending the run failed too (a full disk?): the first error is the news
+            if not failing:
+                raise
+        finally:
+            _shutdown_ray()
     summary = _summary(ctx, time.time() - start, uri)
     write_json_atomic(job.output_dir / "summary.json", summary)
     if ctx.search_ended_at is not None and ctx.history_key and "deploy" in job.config.stages:

@@ -53,6 +53,13 @@ def _user_errors(on_interrupt: str | None = None):
             raise
         typer.echo(on_interrupt, err=True)
         raise typer.Exit(130) from None
+    except OSError as exc:  # a full disk or a read-only folder outside a job's run (submit/resume say more)
+        from autotune.disk import find
+
+        found = find(exc)
+        if found is None:
+            raise
+        _fail(found)
 
 
 def _process_start() -> float:

@@ -74,7 +74,8 @@ def check_job(job: ResolvedJob, address: str | None) -> Check:
 
     start = time.perf_counter()
     src = str(job.job_path)
-    problems = output_dir_problems(job, src) + model_path_problems(job, src) + tracking_uri_problems(job, src)
+    problems = (output_dir_problems(job, src) + storage_path_problems(job, src) + model_path_problems(job, src)
+                + tracking_uri_problems(job, src))
     if not ray_address(job, address):
         problems += resource_problems(job, [local_resources()], "this machine (local Ray)", one_node=True)
     detail = "; ".join(problems) or "output_dir, model, tracking URI and resources per trial usable"
@@ -102,11 +103,34 @@ def output_dir_problems(job: ResolvedJob, src: str) -> list[str]:
         except OSError as exc:
             return [f"{src}: output_dir: cannot use {path} ({exc.strerror or exc}) (got {show(str(out))})"]
         if stat.S_ISDIR(mode):
-            return []
+            return writable_problems(path, "output_dir", src, str(out))
         if path == out:
             return [f"{src}: output_dir: must be a directory (got a {_kind(mode)}: {show(str(out))})"]
         return [f"{src}: output_dir: {path} is a {_kind(mode)}, so no directory can be made below it (got {show(str(out))})"]
     return []
+
+
+def writable_problems(folder: Path, key: str, src: str, got: str) -> list[str]:
+    """A folder the job will write to must take a file: one is created, written and removed there (the job's
+    folder, or the existing parent it will be made in) - a read-only mount or a missing permission stops the
+    job here, before any compute, not at its first checkpoint."""
+    from autotune.config.errors import show
+    from autotune.disk import NO_SPACE, probe
+
+    err = probe(folder)
+    if err is None:
+        return []
+    if err.code in NO_SPACE:
+        return [f"{src}: {key}: {NO_SPACE[err.code]} at {err.path}; free space first (got {show(got)})"]
+    return [f"{src}: {key}: {err}; make it writable first (got {show(got)})"]
+
+
+def storage_path_problems(job: ResolvedJob, src: str) -> list[str]:
+    """ray.storage_path, when it is a local folder (not s3:// or another remote file system), must be writable."""
+    where = job.config.ray.storage_path
+    if not where or "://" in str(where):
+        return []
+    return writable_problems(Path(where).expanduser(), "ray.storage_path", src, str(where))
 
 
 def _looks_like_path(ref: str) -> bool:

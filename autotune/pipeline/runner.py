@@ -46,7 +46,10 @@ def run_stages(ctx: JobContext) -> None:
                 state.error = "interrupted (Ctrl-C); `autotune resume` continues from here"
             else:
                 state.error = redact(str(exc) if isinstance(exc, AutotuneError) else traceback.format_exc()[-4000:])
-            ctx.store.save_stage(state)
+            try:
+                ctx.store.save_stage(state)
+            except OSError:  # a full or read-only disk: the record stays "running", which resume runs again
+                pass
             if isinstance(exc, (AutotuneError, KeyboardInterrupt)):
                 if isinstance(exc, KeyboardInterrupt):
                     ctx.tracker.set_tags(ctx.parent_run_id, {f"autotune.stage.{name}": "interrupted"})

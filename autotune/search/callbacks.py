@@ -199,6 +199,12 @@ class TrialBook(Callback):
         self._close(rec, "FINISHED" if rec.status == "finished" else "KILLED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        from autotune.disk import full_now, trial_error
+
+        path = getattr(trial, "path", None)
+        full = trial_error(trial, [path] if path else []) or full_now(os.path.dirname(path or ""))
+        if full is not None:  # the disk, not the trial: stop the search; the trial resumes from its checkpoint
+            raise full
         rec = self.records.get(trial.trial_id)
         if rec is None:
             method, knobs = self.space.decode(trial.config)

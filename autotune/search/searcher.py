@@ -171,6 +171,9 @@ class AutotuneOptunaSearch(OptunaSearch):
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        disk_full = self.driver.get("disk_full")
+        if error and disk_full is not None and disk_full() is not None:
+            return  # the disk, not the trial: the search stops, the Optuna trial stays RUNNING and resumes with it
         if not error:
             self._report_rung(trial_id, result)  # the rung it ended on: Ray hands it here, not to on_trial_result
         self._annotate_trial(trial_id)

@@ -244,6 +244,10 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         failure_config=tune.FailureConfig(max_failures=retries),
     )
     orphans = []
+    if resume:
+        from autotune.disk import repair_tune_state
+
+        repair_tune_state(exp_path)  # a disk that filled up while Ray wrote its state: Ray's intact copy, or stop
     if resume and tune.Tuner.can_restore(exp_path):
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                    restart_errored=False)
@@ -275,6 +279,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     searcher.driver["can_start"] = clock.can_start_trial
     searcher.driver["deadline"] = clock.deadline
     searcher.driver["trial_attrs"] = book.optuna_attrs  # each Optuna trial carries its best rung
+    searcher.driver["disk_full"] = lambda: _disk_full(exp_path)  # a trial failed by a full disk is not told FAIL
     book.scheduler = tuner._local_tuner._tune_config.scheduler  # its cut-offs say why a pruned trial stopped
     searcher.describe_study(study_attrs(cfg.objective.metric, tracker, parent_run_id))
 
@@ -340,6 +345,12 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
         raise StageError(f"no trial produced a result ({len(records)} trials; errors: {errors or 'none recorded'})")
     return SearchOutcome(records, best, checkpoints.get(best.trial_id), checkpoints, study, storage_url, exp_path,
                          ray_init_seconds)
+
+
+def _disk_full(exp_path: str):
+    from autotune.disk import full_now
+
+    return full_now(exp_path)
 
 
 def _in_main_thread() -> bool:
