@@ -157,3 +157,14 @@ def freeze_all(model: "nn.Module") -> None:
 def unfreeze_head(model: "nn.Module") -> None:
     for p in model.classifier.parameters():
         p.requires_grad_(True)
+
+
+def train_only(model: "nn.Module", params) -> int:
+    """Freeze everything, then train the head and the given encoder parameters; returns their entry count."""
+    freeze_all(model)
+    unfreeze_head(model)
+    n = 0
+    for p in params:
+        p.requires_grad_(True)
+        n += p.numel()
+    return n

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from autotune.methods.base import Method, MethodParams, Prepared, freeze_all, unfreeze_head
+from autotune.methods.base import Method, MethodParams, Prepared, train_only
 
 # BERT-like and DistilBERT-like names of the query projection and the first feed-forward layer
 QUERY_FFN = ("query.bias", "intermediate.dense.bias", "q_lin.bias", "lin1.bias")
@@ -32,11 +32,6 @@ class BitFitMethod(Method):
     Params = BitFitParams
 
     def apply(self, model, params: BitFitParams, ctx):
-        freeze_all(model)
-        unfreeze_head(model)
-        n = 0
-        for name, p in model.encoder.named_parameters():
-            if name.endswith(".bias") and (params.biases == "all" or name.endswith(QUERY_FFN)):
-                p.requires_grad_(True)
-                n += p.numel()
+        n = train_only(model, (p for name, p in model.encoder.named_parameters()
+                               if name.endswith(".bias") and (params.biases == "all" or name.endswith(QUERY_FFN))))
         return Prepared(model, describe=f"{n} bias entries ({params.biases}) + head")

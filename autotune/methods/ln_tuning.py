@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autotune.methods.base import Method, MethodParams, Prepared, freeze_all, unfreeze_head
+from autotune.methods.base import Method, MethodParams, Prepared, train_only
 
 
 class LnTuningParams(MethodParams):
@@ -27,12 +27,6 @@ class LnTuningMethod(Method):
     def apply(self, model, params: LnTuningParams, ctx):
         from torch import nn
 
-        freeze_all(model)
-        unfreeze_head(model)
-        n = 0
-        for module in model.encoder.modules():
-            if isinstance(module, nn.LayerNorm):
-                for p in module.parameters():
-                    p.requires_grad_(True)
-                    n += p.numel()
+        n = train_only(model, (p for module in model.encoder.modules() if isinstance(module, nn.LayerNorm)
+                               for p in module.parameters()))
         return Prepared(model, describe=f"{n} LayerNorm entries + head")
