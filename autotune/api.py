@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.config.loader import ResolvedJob, load_job
-from autotune.errors import AutotuneError, ConfigError, GateFailed
+from autotune.errors import ConfigError, GateFailed
 from autotune.pipeline.state import JobState, StateStore, write_json_atomic, write_text_atomic
 from autotune.redact import redact
 

@@ -86,7 +86,7 @@ def load_best(ctx: JobContext, checkpoint: str, method: str, knobs: dict):
 def run(ctx: JobContext) -> ValidateResult:
     import numpy as np
 
-    from autotune.training.loop import evaluate, macro_f1
+    from autotune.training.loop import evaluate
     from autotune.training.model import load_tokens
 
     cfg = ctx.job.config

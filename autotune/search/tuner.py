@@ -9,7 +9,6 @@ import os
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from autotune.config.loader import ResolvedJob
