@@ -328,7 +328,7 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
     if v is not None:
         s.update({"test_accuracy": v.test_accuracy, "test_accuracy_ci": v.test_accuracy_ci,
                   "test_macro_f1": v.test_macro_f1, "majority_baseline": v.majority_accuracy,
-                  "head_baseline": v.head_accuracy})
+                  "head_baseline": v.head_accuracy, "head_baseline_skipped": not ctx.job.config.diagnostics})
     if d is not None:
         s.update({"artifact": d.artifact_dir,
                   "registered": f"{d.registered_model} v{d.version} ({', '.join(d.aliases)})" if d.version else None,
@@ -355,7 +355,8 @@ def _print_summary(console, s: dict[str, Any]) -> None:
         ]
     if "test_accuracy" in s:
         lo, hi = s["test_accuracy_ci"]
-        head = "n/a" if s["head_baseline"] is None else f"{s['head_baseline']:.4f}"
+        head = ("skipped (validate.diagnostics)" if s.get("head_baseline_skipped") else "n/a"
+                if s["head_baseline"] is None else f"{s['head_baseline']:.4f}")
         rows += [
             ("test accuracy", f"{s['test_accuracy']:.4f} (95% CI {lo:.4f}-{hi:.4f}), macro-F1 {s['test_macro_f1']:.4f}"),
             ("baselines", f"majority class {s['majority_baseline']:.4f}, head-only {head}"),

@@ -224,8 +224,16 @@ class RayConfig(Strict):
     include_dashboard: bool = Field(False, description="Start Ray's dashboard with local Ray (bound to 127.0.0.1).")
 
 
+DIAGNOSTICS_MIN_WALL_CLOCK_S = 600.0  # validate.diagnostics: auto runs them from this wall-clock budget up
+
+
 class ValidateConfig(Strict):
     bootstrap_samples: int = Field(1000, ge=100, description="Bootstrap resamples for confidence intervals.")
+    diagnostics: Literal["auto", "on", "off"] = Field(
+        "auto", description="The head-only baseline on the test split and the forgetting measure (cosine drift of "
+        "sentence embeddings on general text), about two test passes. auto: on, except under a budget.wall_clock_s "
+        f"below {DIAGNOSTICS_MIN_WALL_CLOCK_S:.0f} s, where the search gets that time instead.",
+    )
     min_test_accuracy: float | None = Field(None, ge=0, le=1, description="Gate: stop before deploy below this.")
     min_improvement: float | None = Field(
         None, description="Gate: test accuracy must beat the registered champion by at least this much."
@@ -266,6 +274,15 @@ class JobConfig(Strict):
     # the YAML key is `validate` only: `validate_stage` (the Python name) is an unknown key in a job file
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_by_alias=True,
                               validate_by_name=False)
+
+    @property
+    def diagnostics(self) -> bool:
+        """Whether validate computes the head-only baseline and the forgetting measure (validate.diagnostics)."""
+        mode = self.validate_stage.diagnostics
+        if mode != "auto":
+            return mode == "on"
+        wall = self.budget.wall_clock_s
+        return wall is None or wall >= DIAGNOSTICS_MIN_WALL_CLOCK_S
 
     @field_validator("stages")
     @classmethod

@@ -42,8 +42,10 @@ def run(ctx: JobContext) -> DeployResult:
 
     cfg = ctx.job.config
     tune_res, val, pre = ctx.results["tune"], ctx.results["validate"], ctx.results["preprocess"]
-    prepared = load_best(ctx, tune_res.best_checkpoint, tune_res.best_method, tune_res.best_knobs)
-    model = prepared.export()
+    if ctx.best_model and ctx.best_model[0] == tune_res.best_checkpoint:
+        model = ctx.best_model[1]  # validate scored it in this process
+    else:  # resumed after validate: rebuild it from the checkpoint
+        model = load_best(ctx, tune_res.best_checkpoint, tune_res.best_method, tune_res.best_knobs).export()
     out = ctx.out / "artifact"
     if out.exists():
         shutil.rmtree(out)

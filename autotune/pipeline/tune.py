@@ -97,7 +97,7 @@ def search_clock(ctx: JobContext, tokens: dict, tune_start: float):
     n_val = max(1, len(tokens["validation"]["labels"]))
     started = ctx.started_at or tune_start
     ctx.history_key = history_key(ctx.job.config.model, len(tokens["test"]["labels"]), ctx.job.config.deploy.int8,
-                                  _has_champion(ctx))
+                                  _has_champion(ctx), ctx.job.config.diagnostics)
     return SearchClock(
         measured_after_s=measured_after_search(ctx.history_key),
         started_at=started,
@@ -105,6 +105,7 @@ def search_clock(ctx: JobContext, tokens: dict, tune_start: float):
         search_deadline=tune_start + budget.time_budget_s if budget.time_budget_s else None,
         test_to_val=len(tokens["test"]["labels"]) / n_val,
         int8=ctx.job.config.deploy.int8,
+        diagnostics=ctx.job.config.diagnostics,
     )
 
 

@@ -108,8 +108,9 @@ def run(ctx: JobContext) -> ValidateResult:
     majority_label = pre.labels.index(pre.stats["majority_label"])
     majority = float((labels == majority_label).mean())
 
+    ctx.best_model = (tune_res.best_checkpoint, model)  # deploy ships this one (same process: no rebuild)
     head_acc = head_ci = None
-    if tune_res.head_checkpoint:
+    if cfg.diagnostics and tune_res.head_checkpoint:
         if tune_res.head_checkpoint == tune_res.best_checkpoint:  # the best model is the head-only one
             head_ev = ev
         else:
@@ -120,7 +121,7 @@ def run(ctx: JobContext) -> ValidateResult:
         head_ci = bootstrap_ci(head_correct, vcfg.bootstrap_samples, cfg.seed)
 
     champion = _champion(ctx, correct, test)
-    drift = _forgetting(ctx, model)
+    drift = _forgetting(ctx, model) if cfg.diagnostics else None
 
     gates: list[Gate] = []
     if vcfg.min_test_accuracy is not None:

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 # artifact write + sha256 + MLflow registration. Measured on the 2-core reference machine with the demo job
 # (3-layer MiniLM): 14-22 s; 25 s leaves room for a loaded machine.
 FIXED_AFTER_SEARCH_S = 12.0
-MODEL_BUILDS_AFTER_SEARCH = 3  # validate: best + base (forgetting); deploy: the shipped copy (+1 for int8)
-TEST_PASSES_AFTER_SEARCH = 3  # validate: best + head baseline; deploy: the shipped copy (+1 for int8)
+MODEL_BUILDS_AFTER_SEARCH = 3  # validate: best; deploy: the artifact, loaded twice (+1 for int8, +1 diagnostics)
+TEST_PASSES_AFTER_SEARCH = 2  # validate: best; deploy: the shipped copy, part (+1 for int8, +1 diagnostics)
 DEFAULT_SETUP_S = 3.0  # before any trial reported: model load + method apply (3-layer MiniLM here: ~1.5 s)
 MEASURED_MARGIN = 1.15  # on top of what the stages after the search took last time (same model, here)
 DEFAULT_EVAL_S = 1.0  # one validation pass, before any trial reported (300 examples x 64 tokens: ~0.7 s)
@@ -51,6 +51,7 @@ class SearchClock:
     search_deadline: float | None = None  # absolute time from budget.time_budget_s
     test_to_val: float = 1.0  # test split size / validation split size
     int8: bool = False
+    diagnostics: bool = True  # validate's head baseline (a test pass) and forgetting measure (a base model build)
     setup_s: list[float] = field(default_factory=list)
     eval_s: list[float] = field(default_factory=list)
     first_rung_s: dict[str, float] = field(default_factory=dict)  # method -> fastest start-to-first-report
@@ -75,8 +76,8 @@ class SearchClock:
         # the fastest setup seen: a worker's first trial also pays its imports, which the driver has done
         setup = min(self.setup_s) if self.setup_s else DEFAULT_SETUP_S
         evals = _median(self.eval_s, DEFAULT_EVAL_S) * self.test_to_val
-        builds = MODEL_BUILDS_AFTER_SEARCH + (1 if self.int8 else 0)
-        passes = TEST_PASSES_AFTER_SEARCH + (1 if self.int8 else 0)
+        builds = MODEL_BUILDS_AFTER_SEARCH + (1 if self.int8 else 0) + (1 if self.diagnostics else 0)
+        passes = TEST_PASSES_AFTER_SEARCH + (1 if self.int8 else 0) + (1 if self.diagnostics else 0)
         if self.measured_after_s is not None:
             # measured beats estimated: the driver's stages run on every core once the trials are gone, so a
             # formula fed by single-threaded trials under load overshoots by 2x; the last real run does not
@@ -122,13 +123,14 @@ def _history_path():
     return cache_dir() / "after_search_seconds.json"
 
 
-def history_key(model_cfg, n_test: int, int8: bool, champion: bool) -> str:
-    """What the stages after the search cost depends on: the model, the test split's size, the int8 copy and
-    whether a registered champion is evaluated too."""
+def history_key(model_cfg, n_test: int, int8: bool, champion: bool, diagnostics: bool = True) -> str:
+    """What the stages after the search cost depends on: the model, the test split's size, the int8 copy,
+    whether a registered champion is evaluated too and whether validate's diagnostics run."""
     import json
 
-    return json.dumps([model_cfg.name_or_path, model_cfg.num_hidden_layers, model_cfg.max_length,
-                       round(n_test, -2), bool(int8), bool(champion)])
+    key = [model_cfg.name_or_path, model_cfg.num_hidden_layers, model_cfg.max_length, round(n_test, -2), bool(int8),
+           bool(champion)]
+    return json.dumps(key if diagnostics else [*key, "no-diagnostics"])
 
 
 def measured_after_search(key: str) -> float | None:
