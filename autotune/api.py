@@ -243,8 +243,8 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
                            f"`autotune resume` continues a job only in the folder it ran in (status and ui work on "
                            f"copies): move it back to {job.output_dir}"])
     artifact_location = None
-    if uri.startswith("sqlite:"):
-        artifact_location = (job.output_dir / "mlartifacts").as_uri()
+    if uri.startswith("sqlite:///"):  # artifacts beside the database (a retuning cycle uses its job's store)
+        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     if resume and uri == f"sqlite:///{job.output_dir / 'mlflow.db'}":  # its own store: locations point here
         from autotune.tracking.local_store import open_folder_store
 
@@ -392,8 +392,7 @@ def status(output_dir: str | Path) -> dict[str, Any]:
         from autotune.tracking.mlflow_tracker import STATUS_TAG, MlflowTracker
 
         tracker = MlflowTracker(uri, state.experiment, create=False)
-        runs = tracker.client.search_runs([tracker.experiment_id],
-                                          filter_string=f"tags.`mlflow.parentRunId` = '{state.parent_run_id}'")
+        runs = tracker.child_runs(state.parent_run_id)
         metric, mode = folder.config.objective.metric, folder.config.objective.mode
         counts: dict[str, int] = {}
         trials = []

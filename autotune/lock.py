@@ -37,6 +37,10 @@ class JobBusy(AutotuneError):
 
     exit_code = 9
 
+    def __init__(self, message: str, holder: str | None = None):
+        super().__init__(message)
+        self.holder = holder  # who holds it, in words (None: not known)
+
 
 @dataclass
 class Holder:
@@ -78,7 +82,7 @@ class FolderLock:
             who = other.describe() if other else "holder not recorded yet"
             raise JobBusy(
                 f"{self.folder} is in use by another AutoTune process ({who}); wait for it to finish or stop it "
-                "(a process that dies releases the folder by itself)") from None
+                "(a process that dies releases the folder by itself)", holder=who) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(asdict(holder)).encode(), 0)
         self.fd = fd
@@ -145,7 +149,7 @@ class StudyLock:
         self.engine.dispose()
         raise JobBusy(redact(
             f"the Optuna study '{self.study_name}' in {self.url} is in use by another AutoTune job ({who}); wait for "
-            "it to finish, or give this job a study of its own (search.study_name)"))
+            "it to finish, or give this job a study of its own (search.study_name)"), holder=redact(who))
 
     def _holder(self, conn, text) -> str:
         hi, lo = (self.key >> 32) & 0xFFFFFFFF, self.key & 0xFFFFFFFF

@@ -115,8 +115,7 @@ def _has_champion(ctx: JobContext) -> bool:
         return False
     name = ctx.job.config.tracking.registered_model or ctx.job.config.name
     try:
-        ctx.tracker.client.get_model_version_by_alias(name, "champion")
-        return True
+        return ctx.tracker.version_by_alias(name, "champion") is not None
     except Exception:  # noqa: BLE001 - no model, no alias, or the registry is unreadable: validate will say
         return False
 

@@ -402,7 +402,7 @@ def _seed_book_from_tracker(book, tracker, parent_run_id) -> None:
     from autotune.search.callbacks import TrialRecord
     from autotune.tracking.mlflow_tracker import KNOBS_TAG, STATUS_TAG, TRIAL_ID_TAG
 
-    runs = tracker.client.search_runs([tracker.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    runs = tracker.child_runs(parent_run_id)
     for run in runs:
         trial_id = run.data.tags.get(TRIAL_ID_TAG)
         status = run.data.tags.get(STATUS_TAG, "running")
@@ -449,15 +449,10 @@ def _orphan_runs(tracker, parent_run_id, orphans) -> dict[int, str]:
     """Optuna trial number -> the MLflow child run an orphan had opened (the adopting trial continues it)."""
     if tracker is None or parent_run_id is None or not orphans:
         return {}
-    from autotune.tracking.mlflow_tracker import TRIAL_ID_TAG
-
     out = {}
     for t in orphans:
         ray_id = t.user_attrs.get("ray_trial_id")
-        runs = tracker.client.search_runs(
-            [tracker.experiment_id],
-            filter_string=f"tags.`{TRIAL_ID_TAG}` = '{ray_id}' and tags.`mlflow.parentRunId` = '{parent_run_id}'",
-            max_results=1)
+        runs = tracker.child_runs(parent_run_id, trial_id=ray_id, max_results=1)
         if runs:
             out[t.number] = runs[0].info.run_id
     return out

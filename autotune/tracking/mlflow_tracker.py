@@ -4,13 +4,15 @@ Layout: experiment = job's experiment; one parent run per job (reused on resume,
 the job's state); one child run per trial with tag `mlflow.parentRunId`, found again by the
 `autotune.trial_id` tag so a resumed or retried trial continues its run instead of duplicating it.
 Writes are batched (params: 100 per call, values truncated to MLflow's limits) and all happen on the
-driver, so a SQLite store has a single writer.
+driver, so a SQLite store has a single writer. The Model Registry is reached through here too: registering
+versions, reading the version an alias points at, compare-and-move of aliases (promotion, rollback).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from autotune.redact import redact
@@ -242,3 +244,77 @@ class MlflowTracker:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersionInfo | None:
+        """The version `alias` points at, with its source, tags and creation time; None without one.
+        Any other registry error is raised (a store that cannot be read is not "no champion")."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            mv = self.client.get_model_version_by_alias(name, alias)
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+        return ModelVersionInfo.of(mv)
+
+    def model_version(self, name: str, version: str) -> ModelVersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return ModelVersionInfo.of(self.client.get_model_version(name, str(version)))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def move_alias(self, name: str, alias: str, to: str, expected: str | None) -> str | None:
+        """Compare-and-move: point `alias` at version `to` only if it still points at `expected` (None: at
+        nothing). Returns None when moved, else the version it points at now (someone else moved it). MLflow
+        has no atomic compare-and-set; callers serialise movers of one model (the retune lock does)."""
+        current = self.alias_version(name, alias)
+        if current != expected:
+            return current or "none"
+        self.set_alias(name, alias, to)
+        return None
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_model_version_tag(name, str(version), k, redact(str(v))[:MAX_TAG_LEN])
+
+    def download_version(self, info: ModelVersionInfo, dst: str) -> str:
+        """The files of a model version, downloaded under `dst` (through this store, not the process-wide one)."""
+        import mlflow
+
+        return mlflow.artifacts.download_artifacts(artifact_uri=info.source, tracking_uri=self.uri, dst_path=dst)
+
+    def child_runs(self, parent_run_id: str, trial_id: str | None = None, max_results: int | None = None) -> list:
+        """The child runs of a job's parent run (one trial's, with `trial_id`)."""
+        where = f"tags.`mlflow.parentRunId` = '{parent_run_id}'"
+        if trial_id is not None:
+            where = f"tags.`{TRIAL_ID_TAG}` = '{trial_id}' and {where}"
+        kwargs = {"max_results": max_results} if max_results else {}
+        return self.client.search_runs([self.experiment_id], filter_string=where, **kwargs)
+
+    def run_status(self, run_id: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_run(run_id).info.status
+        except MlflowException:
+            return None
+
+
+@dataclass(frozen=True)
+class ModelVersionInfo:
+    name: str
+    version: str
+    source: str
+    run_id: str | None
+    created: float  # seconds since the epoch
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, mv) -> ModelVersionInfo:
+        return cls(name=mv.name, version=str(mv.version), source=mv.source, run_id=mv.run_id,
+                   created=(mv.creation_timestamp or 0) / 1000.0, tags=dict(mv.tags or {}))
