@@ -36,7 +36,7 @@ def test_evenly_spaced_rungs_remain_available():
     assert total == 15 and rungs == [5, 10, 15]
 
 
-def test_startup_points_cover_every_method_cheapest_first(tmp_path):
+def test_startup_points_user_then_portfolio_in_order_then_uncovered_methods_cheapest_first(tmp_path):
     from autotune.config.loader import load_job
     from autotune.search.tuner import startup_points
 
@@ -60,12 +60,12 @@ def test_startup_points_cover_every_method_cheapest_first(tmp_path):
         load_job(job)
     job.write_text("".join(l for l in job.read_text().splitlines(True) if "bitfit_not_here" not in l))
     points = startup_points(load_job(job))
-    # the user's point first, then the portfolio and one trial per uncovered method, cheapest method first
+    # the user's point first, then the portfolio as given, then one trial per uncovered method, cheapest first
     assert points == [
         {"method": "full", "full.learning_rate": 5.0e-5},
-        {"method": "head"},
         {"method": "lora", "lora.learning_rate": 2.0e-3, "lora.rank": 8},
         {"method": "lora"},
+        {"method": "head"},
         {"method": "sparse"},
     ]
     job.write_text(job.read_text().replace("search:\n", "search:\n  portfolio: false\n"))
@@ -78,6 +78,7 @@ def test_shipped_portfolio_lies_inside_the_default_space():
 
     job = load_job("pipelines/demo.yaml")
     assert job.space.portfolio, "the default space ships a portfolio"
+    assert [m for m, _ in job.space.portfolio] == ["head", "lora", "full", "sparse"]  # head (seconds), then by accuracy
     for method, knobs in job.space.portfolio:
         raw = next(p for p in job.space_raw.portfolio if p.method == method and set(knobs) <= set(p.knobs))
         assert knobs == {k: v for k, v in raw.knobs.items() if k in knobs} and len(knobs) == len(raw.knobs), raw

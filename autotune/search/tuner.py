@@ -65,8 +65,8 @@ def make_sampler(job: ResolvedJob):
 
 def startup_points(job: ResolvedJob) -> list[dict[str, Any]]:
     """The first trials, as flat Optuna params: the user's initial points, then the space's portfolio
-    (search.portfolio), then one trial for each method not covered yet - all methods ordered cheapest first,
-    so a small budget sees every method once (and the cheapest one's first rung early) before TPE takes over."""
+    (search.portfolio) in the order the space gives it, then one trial for each method not covered yet,
+    cheapest method first - so a small budget sees every method once before TPE takes over."""
     from autotune.methods import REGISTRY
 
     space = job.space
@@ -74,8 +74,7 @@ def startup_points(job: ResolvedJob) -> list[dict[str, Any]]:
     portfolio = list(space.portfolio) if job.config.search.portfolio else []
     covered = {m for m, _ in user + portfolio}
     spread = [(m, {}) for m in space.methods if m not in covered]
-    cost = lambda mk: REGISTRY[mk[0]].cost_rank  # noqa: E731 - stable sort keeps the given order within a method
-    ordered = user + sorted(portfolio + spread, key=cost)
+    ordered = user + portfolio + sorted(spread, key=lambda mk: REGISTRY[mk[0]].cost_rank)
     return [space.encode_point(m, k) for m, k in ordered]
 
 
