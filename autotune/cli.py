@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 stage failure, 2 bad input (job file or data), 3 validation gate failed,
 4 too many failed trials, 5 artifact verification failed, 6 Ray cluster unusable, 7 Optuna storage unusable,
-8 MLflow tracking server unusable, 9 job busy (another submit/resume holds it), 130 interrupted."""
+8 MLflow tracking server unusable, 9 job busy (another submit/resume holds it), 130 interrupted,
+143 a schedule stopped by SIGTERM while a cycle ran."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ EXIT_CODES = (
     (4, "too many consecutive failed trials"), (5, "artifact verification failed"), (6, "Ray cluster unusable"),
     (7, "Optuna storage unusable"), (8, "MLflow tracking unusable"),
     (9, "job busy: another submit/resume holds its folder (or its study)"), (130, "interrupted (Ctrl-C)"),
+    (143, "schedule stopped by SIGTERM while a cycle ran (left resumable)"),
 )
 EPILOG = "\b\nExit codes:\n" + "\n".join(f"  {code:>3}  {what}" for code, what in EXIT_CODES)  # \b: keep the lines
 
@@ -191,6 +193,97 @@ def ui(
         typer.echo(f"starting the MLflow UI on {host}:{port} (one worker) ...")
         code = api.serve_ui(target_info, host, port, ready)
     raise typer.Exit(code)
+
+
+@app.command()
+def retune(
+    job: Path = typer.Argument(..., help="Job YAML file (its `retune:` section holds the knobs)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to attach."),
+) -> None:
+    """Run one retuning cycle: skip (data unchanged), or warm-start a search, compare with the champion and
+    promote or keep. Exit 0 for promoted, kept and skipped (also: another cycle of the job is running)."""
+    import signal
+
+    from autotune.retune.cycle import retune as run_cycle
+
+    def stop(signum, frame):  # SIGTERM (systemctl stop, a Kubernetes pod ending) stops a cycle as Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    with _user_errors(on_interrupt="interrupted: the cycle is resumable; `autotune retune JOB` continues it"):
+        outcome = run_cycle(job, address=address, started_at=_process_start())
+    typer.echo(f"{outcome.decision}: {outcome.reason}" if outcome.reason else outcome.decision)
+    raise typer.Exit(outcome.exit_code)
+
+
+@app.command()
+def schedule(
+    job: Path = typer.Argument(..., help="Job YAML file."),
+    cron: str = typer.Option("0 2 * * *", "--cron", help="When to run a cycle: minute hour day-of-month month day-of-week (UTC)."),
+    print_kind: Optional[str] = typer.Option(None, "--print", help="Print the crontab line, systemd service + timer, "
+                                             "or Kubernetes CronJob instead of running: crontab|systemd|kubernetes."),
+) -> None:
+    """Run retuning cycles on a schedule (a long-lived process; SIGTERM/Ctrl-C stop it cleanly, a cycle in
+    progress is left resumable) - or print the equivalent schedule for cron, systemd or Kubernetes."""
+    import sys
+
+    from autotune import api
+    from autotune.retune import schedule as sched
+
+    with _user_errors():
+        api.validate(job)  # a bad job file fails now (exit 2), not at 2 am
+        expr = sched.check_cron(cron)
+        if print_kind is not None:
+            for name, text in sched.schedule_files(print_kind, job.resolve(), expr).items():
+                typer.echo(f"# ---- {name}")
+                typer.echo(text.rstrip("\n"))
+            raise typer.Exit(0)
+    code = sched.run_schedule([sys.executable, "-m", "autotune.cli", "retune", str(job.resolve())], expr, echo=typer.echo)
+    raise typer.Exit(code)
+
+
+@app.command()
+def history(job: Path = typer.Argument(..., help="Job YAML file."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON (cycles, champion lineage).")) -> None:
+    """The retuning cycles of a job: when, data, drift, trials, challenger vs champion, decision, lineage."""
+    from autotune import api
+    from autotune.retune.cycle import HOME
+    from autotune.retune.history import History, fmt_time, table_rows
+
+    with _user_errors():
+        resolved = api.validate(job)
+    h = History(resolved.output_dir / HOME)
+    cycles, lineage = h.cycles(), h.lineage()
+    if as_json:
+        typer.echo(json.dumps({"job": resolved.config.name, "cycles": cycles, "lineage": lineage}, indent=2, default=str))
+        return
+    if not cycles and not lineage:
+        typer.echo(f"no retuning cycles yet for {resolved.config.name} ({h.path})")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"retuning of {resolved.config.name}", show_lines=False)
+    rows = table_rows(cycles)
+    for col in ("cycle", "when", "data", "drift", "mode", "trials", "challenger", "champion", "decision", "champion_after"):
+        table.add_column(col.replace("_", " "), overflow="fold")
+    for r in rows:
+        table.add_row(*r.values())
+    console = Console(width=200 if not Console().is_terminal else None)
+    console.print(table)
+    if lineage:
+        console.print("champion lineage: " + " -> ".join(
+            f"v{m['version']} ({m['how']}, {fmt_time(m['at'])})" for m in lineage))
+
+
+@app.command()
+def rollback(job: Path = typer.Argument(..., help="Job YAML file."),
+             to: Optional[str] = typer.Option(None, "--to", help="Version to make champion (default: the previous one).")) -> None:
+    """Move the `champion` alias back (to the previous champion by default); recorded in the history."""
+    from autotune.retune.cycle import rollback as do_rollback
+
+    with _user_errors():
+        do_rollback(job, to=to)
 
 
 @app.command()

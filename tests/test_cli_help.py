@@ -32,7 +32,8 @@ def test_help_lists_the_exit_codes():
         "      7  Optuna storage unusable\n"
         "      8  MLflow tracking unusable\n"
         "      9  job busy: another submit/resume holds its folder (or its study)\n"
-        "    130  interrupted (Ctrl-C)\n")
+        "    130  interrupted (Ctrl-C)\n"
+        "    143  schedule stopped by SIGTERM while a cycle ran (left resumable)\n")
     assert "  --version  Print the version and exit.\n" in proc.stdout
 
 

@@ -210,7 +210,7 @@ def node_flood(base: dict, text: str) -> str:
 
 
 def allowed(name: str) -> str:
-    keys = ("budget, data, deploy, description, model, name, objective, output_dir, ray, sampler, scheduler, "
+    keys = ("budget, data, deploy, description, model, name, objective, output_dir, ray, retune, sampler, scheduler, "
             "search, seed, stages, storage, tracking, training, validate")
     return f"{{job}}: {name}: unknown key (allowed: {keys})"
 

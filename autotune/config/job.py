@@ -200,7 +200,7 @@ class SearchConfig(Strict):
     initial_points: list[InitialPoint] = Field(default_factory=list, description="Trials enqueued before sampling.")
     portfolio: bool = Field(
         True,
-        description="Start with the space's portfolio: one configuration per method, cheapest method first, that did "
+        description="Start with the space's portfolio: one configuration per method, in the space's order, that did "
                     "well across data sets (see `portfolio:` in the space), before the sampler takes over.",
     )
     study_name: str | None = Field(None, description="Optuna study name. null = the job name.")
@@ -238,6 +238,10 @@ class ValidateConfig(Strict):
     min_improvement: float | None = Field(
         None, description="Gate: test accuracy must beat the registered champion by at least this much."
     )
+    min_improvement_confidence: float | None = Field(
+        None, gt=0.5, lt=1, description="With min_improvement: the paired bootstrap interval of the improvement "
+        "at this level (e.g. 0.95) must also lie above zero. null: the point estimate alone decides.",
+    )
 
 
 class DeployConfig(Strict):
@@ -246,6 +250,41 @@ class DeployConfig(Strict):
 
 
 STAGE_ORDER = ("preprocess", "tune", "validate", "deploy")
+
+
+class DriftConfig(Strict):
+    """Drift between a cycle's data and its champion's that makes the cycle widen its search: effect sizes,
+    any one exceeded (or a label the champion never saw) is enough."""
+
+    label_tv: float = Field(0.15, ge=0, le=1, description="Total-variation distance between label distributions.")
+    length_ks: float = Field(0.25, ge=0, le=1, description="Two-sample KS statistic on words per text.")
+    oov_rate: float = Field(0.25, ge=0, le=1, description="Share of this cycle's words absent from the champion's vocabulary.")
+    embedding_mmd: float = Field(0.05, ge=0, description="Squared MMD of mean-pooled base-model embeddings (counts only "
+                                 "when its permutation p-value is below 0.05).")
+    sample: int = Field(256, ge=16, le=5000, description="Texts per side embedded for the MMD test.")
+
+
+class RetuneConfig(Strict):
+    """`autotune retune` / `autotune schedule`: one cycle = a job run with a derived config (see README)."""
+
+    budget_s: float = Field(600, gt=0, description="Wall-clock budget of a warm-started cycle (its budget.wall_clock_s).")
+    num_trials: int | None = Field(None, ge=1, description="Trials of a warm cycle; null = as many as fit in budget_s.")
+    widen_budget_s: float | None = Field(None, gt=0, description="Budget of a cycle that starts cold (the first one, "
+                                         "or drift past the thresholds). null = 2 x budget_s.")
+    widen_num_trials: int | None = Field(None, ge=1, description="Trials of a cold cycle; null = as many as fit.")
+    warm_start_top_k: int = Field(3, ge=0, le=50, description="Best configurations of the previous search enqueued "
+                                  "first (after the champion's own).")
+    max_champion_age_h: float = Field(168, ge=0, description="Unchanged data and a champion younger than this (hours): "
+                                      "the cycle is skipped.")
+    margin: float = Field(0.0, ge=0, le=1, description="Promote only when test accuracy on the frozen evaluation split "
+                          "beats the re-scored champion by at least this much ...")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="... and the paired bootstrap interval of the "
+                              "improvement at this level lies above zero.")
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+
+    @property
+    def cold_budget_s(self) -> float:
+        return self.widen_budget_s or 2 * self.budget_s
 
 
 class JobConfig(Strict):
@@ -270,6 +309,7 @@ class JobConfig(Strict):
     ray: RayConfig = Field(default_factory=RayConfig)
     validate_stage: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     deploy: DeployConfig = Field(default_factory=DeployConfig)
+    retune: RetuneConfig = Field(default_factory=RetuneConfig)
 
     # the YAML key is `validate` only: `validate_stage` (the Python name) is an unknown key in a job file
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, validate_by_alias=True,

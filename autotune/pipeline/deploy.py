@@ -156,15 +156,14 @@ def _register(ctx: JobContext, name: str, source: str, gates_passed: bool, manif
         return version, aliases
     # Promote only if the champion is still the one this job compared against: another job may have
     # promoted a better model meanwhile, and our comparison says nothing about that one.
-    current = t.alias_version(name, "champion")
-    if current != validated_champion:
+    current = t.move_alias(name, "champion", version, expected=validated_champion)
+    if current is not None:
         ctx.console.print(
             f"[yellow]champion of {name} moved from v{validated_champion} to v{current} during this job: "
             f"v{version} stays challenger (re-run validate against the new champion to promote)[/]"
         )
         t.set_tags(ctx.parent_run_id, {"autotune.promotion": f"skipped: champion moved to v{current}"})
         return version, aliases
-    t.set_alias(name, "champion", version)
     aliases.append("champion")
     t.set_tags(ctx.parent_run_id, {"autotune.promotion": f"v{version} is champion"})
     return version, aliases
@@ -182,6 +181,8 @@ def version_tags(ctx: JobContext) -> dict[str, str]:
         tags["champion.version"] = val.champion["version"]
         tags["champion.diff"] = val.champion["diff"]
     tags["autotune.gates"] = "passed" if val.passed else "failed"
+    tune_res = ctx.results["tune"]  # what a warm-started retuning cycle enqueues first
+    tags["autotune.config"] = json.dumps({"method": tune_res.best_method, "knobs": tune_res.best_knobs})
     return {k: v if isinstance(v, str) else f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in tags.items()}
 
 

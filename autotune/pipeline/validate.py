@@ -129,11 +129,13 @@ def run(ctx: JobContext) -> ValidateResult:
         gates.append(Gate(name="min_test_accuracy", passed=ok,
                           detail=f"test accuracy {ev.accuracy:.4f} must be >= {vcfg.min_test_accuracy}"))
     if vcfg.min_improvement is not None and champion is not None:
-        ok = champion["diff"] >= vcfg.min_improvement
+        lo, hi = champion["diff_ci"]
+        sure = vcfg.min_improvement_confidence
+        ok = champion["diff"] >= vcfg.min_improvement and (sure is None or lo > 0)
+        need = f"must be >= {vcfg.min_improvement}" + (f" with its {sure:.0%} interval above 0" if sure else "")
         gates.append(Gate(name="min_improvement", passed=ok,
                           detail=f"improvement over champion v{champion['version']} {champion['diff']:+.4f} "
-                                 f"(95% CI {champion['diff_ci'][0]:+.4f}..{champion['diff_ci'][1]:+.4f}) "
-                                 f"must be >= {vcfg.min_improvement}"))
+                                 f"({champion['ci_level']:.0%} CI {lo:+.4f}..{hi:+.4f}, paired bootstrap) {need}"))
     preds_path = ctx.out / "predictions_test.json"
     preds_path.write_text(json.dumps({"predictions": ev.predictions, "labels": labels.tolist()}))
     result = ValidateResult(
@@ -154,31 +156,33 @@ def _champion(ctx: JobContext, correct, test) -> dict[str, Any] | None:
     from autotune.training.loop import evaluate
 
     name = ctx.job.config.tracking.registered_model or ctx.job.config.name
-    client = ctx.tracker.client
     from mlflow.exceptions import MlflowException
 
     try:
-        version = client.get_model_version_by_alias(name, "champion")
+        version = ctx.tracker.version_by_alias(name, "champion")
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            return None  # no registered model, or no champion alias yet
         from autotune.errors import StageError
 
         raise StageError(f"cannot read the champion of {name!r} from the registry: {exc}") from None
-    import mlflow
-
-    local = mlflow.artifacts.download_artifacts(artifact_uri=version.source, tracking_uri=ctx.tracker.uri,
-                                                dst_path=str(ctx.out / "champion"))
+    if version is None:
+        return None  # no registered model, or no champion alias yet
+    local = ctx.tracker.download_version(version, str(ctx.out / "champion"))
     model = load_artifact_model(local)
     ev = evaluate(model, test, ctx.job.config.training.eval_batch_size)
-    champ_correct = np.array(ev.predictions) == test["labels"]
+    # compare by label name: the champion was trained on other data, its label indices may differ from ours
+    names = ctx.results["preprocess"].labels
+    theirs = {int(k): v for k, v in (model.config.id2label or {}).items()}
+    champ_names = [theirs.get(int(p), f"#{p}") for p in ev.predictions]
+    champ_correct = np.array(champ_names) == np.array([names[int(y)] for y in test["labels"]])
     diff = float(correct.mean() - champ_correct.mean())
+    vcfg = ctx.job.config.validate_stage
     rng = np.random.default_rng(ctx.job.config.seed)
-    idx = rng.integers(0, len(correct), size=(ctx.job.config.validate_stage.bootstrap_samples, len(correct)))
+    idx = rng.integers(0, len(correct), size=(vcfg.bootstrap_samples, len(correct)))
     diffs = correct[idx].mean(1) - champ_correct[idx].mean(1)  # paired: same resampled examples
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    level = vcfg.min_improvement_confidence or 0.95
+    lo, hi = np.percentile(diffs, [50 * (1 - level), 100 - 50 * (1 - level)])
     return {"version": str(version.version), "accuracy": float(champ_correct.mean()), "diff": diff,
-            "diff_ci": (float(lo), float(hi))}
+            "diff_ci": (float(lo), float(hi)), "ci_level": level, "n": int(len(correct))}
 
 
 GENERAL_TEXT_SENTENCES = 128

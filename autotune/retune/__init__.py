@@ -1,0 +1,1 @@
+"""Scheduled retuning: cycles, drift, history, schedules."""
