@@ -92,7 +92,7 @@ def test_space_errors_name_the_space_file_and_path(tmp_path):
     assert f"{s}: methods.lora.dropout.low: must be > 0 when log is true (got 0.0)" in got
     assert any(l.startswith(f"{s}: methods.lora.sparsity: unknown knob for method lora (allowed: ") for l in got)
     assert any(l.startswith(f"{s}: methods.full.rank: unknown knob for method full") for l in got)
-    assert f"{s}: methods.magic: unknown method (known: adalora, bitfit, full, head, ia3, ln_tuning, lora, qlora, sparse, zero_shot)" in got
+    assert f"{s}: methods.magic: unknown method (known: adalora, bitfit, full, head, ia3, ln_tuning, loha, lokr, lora, qlora, sparse, vera, zero_shot)" in got
     assert f"{s}: methods.head.learning_rate.choices[1]: must be > 0 (got -1.0)" in got
 
 

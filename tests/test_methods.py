@@ -72,6 +72,27 @@ CASES = [
     ("ia3", {"feedforward": False, "layers": [0]}, 32 + 32 + HEAD,
      lambda n: n.startswith("classifier.") or (".layer.0." in n and n.endswith(("key.weight", "key.bias", "value.weight", "value.bias")))),
     ("adalora", {"init_r": 4, "target_r": 2, "deltaT": 1}, 2 * 2 * (4 * 64 + 4) + HEAD, _ends("query.weight", "value.weight")),
+    # VeRA trains d_out + r per module (vectors b and d); the shared random A, B are frozen buffers
+    ("vera", {}, 2 * 2 * (32 + 256) + HEAD, _ends("query.weight", "value.weight")),  # r 256 > hidden 32 is fine
+    ("vera", {"rank": 4, "target_preset": "all_linear", "layers": [1], "dropout": 0.1},
+     4 * (32 + 4) + (64 + 4) + (32 + 4) + HEAD,  # mixed shapes: peft slices one A (4 x 64), B (64 x 4)
+     lambda n: n.startswith("classifier.") or (".layer.1." in n and n.endswith("weight") and "LayerNorm" not in n)),
+    # LoHa trains two rank-r pairs per module: 2 r (d_in + d_out)
+    ("loha", {"rank": 2}, 2 * 2 * 2 * 2 * 64 + HEAD, _ends("query.weight", "value.weight")),
+    ("loha", {"rank": 2, "target_preset": "all_linear", "layers": [0], "rank_dropout": 0.1, "module_dropout": 0.1},
+     4 * 2 * 2 * 64 + 2 * 2 * 2 * 96 + HEAD,
+     lambda n: n.startswith("classifier.") or (".layer.0." in n and n.endswith("weight") and "LayerNorm" not in n)),
+    # LoKr: 32 = 4 x 8, 64 = 8 x 8 (factors near the square root); W1 (a x c) full, W2 (b x d) full when
+    # r >= max(b, d) / 2, else b r + r d. q/v (32 -> 32): W1 4 x 4, W2 8 x 8.
+    ("lokr", {}, 2 * 2 * (16 + 64) + HEAD, _ends("query.weight", "value.weight")),  # r 8 >= 4: W2 full
+    ("lokr", {"rank": 2}, 2 * 2 * (16 + 2 * 8 * 2) + HEAD, _ends("query.weight", "value.weight")),
+    # decompose_both, r 1: every factor is a rank-1 product (a x c -> a + c). q, k, v, attention output
+    # (W1 4 x 4, W2 8 x 8): 8 + 16 each; intermediate (W1 8 x 4, W2 8 x 8), output (W1 4 x 8, W2 8 x 8): 12 + 16 each
+    ("lokr", {"rank": 1, "decompose_both": True, "target_preset": "all_linear"}, 2 * (4 * (8 + 16) + 2 * (12 + 16)) + HEAD,
+     lambda n: n.startswith("classifier.") or (".layer." in n and n.endswith("weight") and "LayerNorm" not in n)),
+    # decompose_factor 2: 32 = 2 x 16, W1 2 x 2, W2 16 x 16 (r 8 >= 16 / 2: full)
+    ("lokr", {"decompose_factor": 2, "layers": [1]}, 2 * (4 + 256) + HEAD,
+     lambda n: n.startswith("classifier.") or (".layer.1." in n and n.endswith(("query.weight", "value.weight")))),
     ("zero_shot", {}, 0, lambda n: n.startswith("classifier.")),
     ("zero_shot", {"metric": "euclidean"}, 0, lambda n: n.startswith("classifier.")),
     pytest.param("qlora", {"rank": 2}, 2 * 2 * 2 * 64 + HEAD, None,
@@ -177,7 +198,7 @@ def test_bad_layer_index_fails_the_trial(setup):
     from autotune.errors import TrialFailed
 
     cfg, _ = setup
-    for name in ("lora", "adalora", "ia3", "full"):
+    for name in ("lora", "adalora", "ia3", "full", "vera", "loha", "lokr"):
         m = REGISTRY[name]
         with pytest.raises(TrialFailed, match=rf"{name}.layers: layer\(s\) \[7\] do not exist \(the model has 2 layers: 0..1\)"):
             m.apply(build_model(cfg, LABELS), m.Params(layers=[7]), ApplyContext(total_steps=10))
@@ -194,6 +215,10 @@ def test_knob_combinations_are_refused():
         ("qlora", {"use_dora": True}, "qlora does not offer use_dora"),
         ("zero_shot", {"learning_rate": 1e-3}, "Extra inputs are not permitted"),
         ("sparse", {"sparsity": 0.999999}, "less than or equal to 0.99999"),
+        ("vera", {"target_modules": ["query"], "target_preset": "all_linear"}, "give either target_modules or target_preset, not both"),
+        ("loha", {"target_modules": ["query"], "target_preset": "all_linear"}, "give either target_modules or target_preset, not both"),
+        ("lokr", {"decompose_factor": 0}, "decompose_factor must be -1 (near the square root) or >= 1 (got 0)"),
+        ("vera", {"alpha": 8.0}, "Extra inputs are not permitted"),  # VeRA has no alpha: the vectors scale
     ]
     for method, knobs, text in cases:
         with pytest.raises(ValidationError, match=text.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
@@ -206,7 +231,8 @@ def test_calibration_hook_says_what_each_method_needs():
     assert sparse.calibration_batches(sparse.Params(selection="fisher", calibration_batches=9)) == 9
     assert sparse.calibration_batches(sparse.Params(selection="magnitude")) == 0
     assert REGISTRY["zero_shot"].calibration_batches(REGISTRY["zero_shot"].Params()) == ALL_BATCHES
-    assert all(REGISTRY[n].calibration_batches(REGISTRY[n].Params()) == 0 for n in ("head", "lora", "adalora", "bitfit"))
+    assert all(REGISTRY[n].calibration_batches(REGISTRY[n].Params()) == 0
+               for n in ("head", "lora", "adalora", "bitfit", "vera", "loha", "lokr"))
 
 
 def test_register_refuses_a_taken_name():
@@ -254,6 +280,34 @@ def test_adalora_regulariser_is_in_the_training_loss_only(setup):
         plain.train()
         torch.manual_seed(0)
         assert reg > float(plain(**batch).loss) + 1e-3
+
+
+@pytest.mark.parametrize("method", ["lora", "vera", "loha", "lokr"])
+def test_the_adapter_alone_learns_at_its_default_learning_rate(setup, method):
+    """The toy task with the head fixed (scaled up, so its loss is high and only the encoder can lower it):
+    the adapter, starting as the base model, lowers the training loss at the method's default learning rate."""
+    cfg, split = setup
+    _, params, prepared, _ = _apply(method, {}, cfg, split)
+    head = prepared.model.base_model.model.classifier
+    with torch.no_grad():
+        head.weight.mul_(30)
+    head.requires_grad_(False)
+    assert prepared.trainable_named_parameters() and all("classifier" not in n for n, _ in prepared.trainable_named_parameters())
+    batch = next(batches(split, 16))
+    prepared.model.eval()
+    with torch.no_grad():
+        before = float(prepared.model(**batch).loss)
+    opt = torch.optim.AdamW(prepared.param_groups(weight_decay=0.0), lr=params.learning_rate)
+    prepared.model.train()
+    for _, b in zip(range(30), itertools.cycle(list(batches(split, 8)))):
+        loss = prepared.model(**b).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    prepared.model.eval()
+    with torch.no_grad():
+        after = float(prepared.model(**batch).loss)
+    assert after < 0.9 * before, (before, after)
 
 
 @pytest.mark.parametrize("budget", ["global", "per_tensor"])
@@ -366,6 +420,9 @@ def test_qlora_is_refused_at_validate_on_a_machine_without_a_gpu(tmp_path):
     ("adalora", {"init_r": 4, "target_r": 2, "deltaT": 1}),
     ("sparse", {"selection": "fisher", "calibration_batches": 2}),
     ("ia3", {"learning_rate": 1e-2}),
+    ("vera", {"rank": 16}),
+    ("loha", {"rank": 2}),
+    ("lokr", {"rank": 2}),
 ])
 def test_a_trial_runs_the_method_through_the_trainable(setup, monkeypatch, method, knobs):
     """run_trial with Ray's reporting stubbed (no Ray started): the calibration hook, the planned steps, the

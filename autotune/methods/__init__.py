@@ -10,9 +10,12 @@ from autotune.methods.full import FullMethod
 from autotune.methods.head import HeadMethod
 from autotune.methods.ia3 import Ia3Method
 from autotune.methods.ln_tuning import LnTuningMethod
+from autotune.methods.loha import LoHaMethod
+from autotune.methods.lokr import LoKrMethod
 from autotune.methods.lora import LoraMethod
 from autotune.methods.qlora import QLoraMethod
 from autotune.methods.sparse import SparseMethod
+from autotune.methods.vera import VeraMethod
 from autotune.methods.zero_shot import ZeroShotMethod
 
 REGISTRY: dict[str, Method] = {}
@@ -27,7 +30,7 @@ def register(method: Method) -> Method:
 
 
 for _m in (HeadMethod(), FullMethod(), LoraMethod(), SparseMethod(), BitFitMethod(), LnTuningMethod(), Ia3Method(),
-           AdaLoraMethod(), ZeroShotMethod(), QLoraMethod()):
+           AdaLoraMethod(), ZeroShotMethod(), QLoraMethod(), VeraMethod(), LoHaMethod(), LoKrMethod()):
     register(_m)
 
 
