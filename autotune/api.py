@@ -289,6 +289,13 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
                 raise
         finally:
             _shutdown_ray()
+    deploy = ctx.results.get("deploy")
+    if deploy is not None and ctx.results.get("tune") is not None:  # the artifact holds the winner now
+        from autotune.pipeline.tune import prune_checkpoints
+
+        freed = prune_checkpoints(ctx.results["tune"].experiment_path, set())
+        if freed:
+            console.print(f"[dim]trial checkpoints removed (the artifact holds the model): {freed / 1e6:.0f} MB[/]")
     summary = _summary(ctx, time.time() - start, uri)
     write_json_atomic(job.output_dir / "summary.json", summary)
     if ctx.search_ended_at is not None and ctx.history_key and "deploy" in job.config.stages:

@@ -75,30 +75,68 @@ def run(ctx: JobContext) -> DeployResult:
     verify(out, load=False)  # after the loads: nothing was written into the artifact
 
     t, run_id = ctx.tracker, ctx.parent_run_id
-    t.log_artifacts(run_id, str(out), "model")
     test_metrics = {"test.accuracy": val.test_accuracy, "test.macro_f1": val.test_macro_f1, "test.loss": val.test_loss}
     model_id = t.log_model_dir(
         run_id, str(out), cfg.name, params={"method": tune_res.best_method, **tune_res.best_knobs},
         tags={"autotune.job": cfg.name, "autotune.method": tune_res.best_method}, metrics=test_metrics,
     )
-    name = version = None
-    aliases: list[str] = []
-    if cfg.deploy.register_model:
-        name = cfg.tracking.registered_model or cfg.name
-        validated = val.champion["version"] if val.champion else None
-        version, aliases = _register(ctx, name, t.logged_model_location(model_id), val.passed, manifest, validated,
-                                     extra_tags=version_tags(ctx), description=version_description(ctx, name),
-                                     model_id=model_id)
+    # the weights are stored once: in the LoggedModel (what the registry serves). The run's `model/` folder holds
+    # the rest of the artifact (model card, MANIFEST, MLmodel, config, tokenizer) for browsing, and the job
+    # folder's copy shares the LoggedModel's files where the store is on this disk (hard links).
+    for f in sorted(out.iterdir()):
+        if f.is_file() and not f.name.endswith(".safetensors"):
+            t.log_artifact(run_id, str(f), "model")
+    shared = _share_files(out, t.logged_model_location(model_id))
+    if shared:
+        ctx.console.print(f"[dim]artifact: {shared / 1e6:.0f} MB shared with the MLflow store (hard links, stored once)[/]")
     size = sum(f["bytes"] for f in manifest["files"].values())
     weights = manifest["files"].get("model.safetensors", {}).get("sha256", "")
     float_bytes = manifest["files"]["model.safetensors"]["bytes"]
     t.log_metrics(run_id, {"artifact.bytes": size, "artifact.float_weights_bytes": float_bytes,
                            **({"artifact.int8_weights_bytes": int8_bytes, "test.int8_accuracy": int8_acc}
                               if int8_bytes else {})})
+    name = version = None
+    aliases: list[str] = []
+    if cfg.deploy.register_model:  # last: the registry and the aliases move only once everything else is done
+        name = cfg.tracking.registered_model or cfg.name
+        validated = val.champion["version"] if val.champion else None
+        version, aliases = _register(ctx, name, t.logged_model_location(model_id), val.passed, manifest, validated,
+                                     extra_tags=version_tags(ctx), description=version_description(ctx, name),
+                                     model_id=model_id)
+
     return DeployResult(artifact_dir=str(out), bytes=size, float_weights_bytes=float_bytes,
                         int8_weights_bytes=int8_bytes, int8_test_accuracy=int8_acc, sha256_weights=weights,
                         registered_model=name, version=version, aliases=aliases, predictions_match_validate=match,
                         model_uri=f"models:/{model_id}", served_predictions_match_validate=served_match)
+
+
+def _share_files(out: Path, location: str) -> int:
+    """Replace the artifact's weight files with hard links to their identical copies in the MLflow store when
+    that store is a local folder on the same file system, read-only (0444); returns the bytes now stored once
+    (0: none - a remote store, another file system)."""
+    import filecmp
+    import os
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(location)
+    if parsed.scheme not in ("file", ""):
+        return 0
+    twin_dir = Path(unquote(parsed.path))
+    saved = 0
+    for f in out.glob("*.safetensors"):
+        twin = twin_dir / f.name
+        try:
+            if twin.stat().st_dev != f.stat().st_dev or not filecmp.cmp(f, twin, shallow=False):
+                continue
+            tmp = f.with_name(f".{f.name}.link")
+            tmp.unlink(missing_ok=True)
+            os.chmod(twin, 0o444)  # one file, two names: read-only, so that a write meant for one cannot change both
+            os.link(twin, tmp)
+            os.replace(tmp, f)
+            saved += f.stat().st_size
+        except OSError:
+            continue  # another file system, no hard links there: two copies, as before
+    return saved
 
 
 CHECK_ROWS = 256  # test rows the shipped model is checked on against the validate stage's predictions

@@ -85,7 +85,30 @@ def run(ctx: JobContext) -> TuneResult:
         ray_init_seconds=outcome.ray_init_seconds, trials=rows,
     )
     _log(ctx, result)
+    # only the best trial (and the head-only baseline validate scores) can still win: the other checkpoints go
+    freed = prune_checkpoints(result.experiment_path, {result.best_checkpoint, result.head_checkpoint})
+    if freed:
+        ctx.console.print(f"[dim]checkpoints of trials that can no longer win removed: {freed / 1e6:.0f} MB[/]")
     return result
+
+
+def prune_checkpoints(experiment_path: str, keep: set[str | None]) -> int:
+    """Delete the trials' checkpoint folders under a local Tune experiment, except those in `keep`; bytes freed.
+    Tune's own records (experiment state, results, trial.json of each trial) stay."""
+    import glob
+    import os
+    import shutil
+
+    keep_real = {os.path.realpath(k) for k in keep if k}
+    freed = 0
+    for folder in glob.glob(os.path.join(glob.escape(experiment_path), "*", "checkpoint_*")):
+        if os.path.realpath(folder) in keep_real or not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        for root, _, files in os.walk(folder):
+            freed += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                         if not os.path.islink(os.path.join(root, f)))
+        shutil.rmtree(folder, ignore_errors=True)
+    return freed
 
 
 def search_clock(ctx: JobContext, tokens: dict, tune_start: float):
