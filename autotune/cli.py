@@ -246,12 +246,12 @@ def schedule(
 def history(job: Path = typer.Argument(..., help="Job YAML file."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON (cycles, champion lineage).")) -> None:
     """The retuning cycles of a job: when, data, drift, trials, challenger vs champion, decision, lineage."""
-    from autotune import api
+    from autotune.config.loader import load_job
     from autotune.retune.cycle import HOME
     from autotune.retune.history import History, fmt_time, table_rows
 
     with _user_errors():
-        resolved = api.validate(job)
+        resolved = load_job(job, data_missing_ok=True)  # the history outlives the data file
     h = History(resolved.output_dir / HOME)
     cycles, lineage = h.cycles(), h.lineage()
     if as_json:

@@ -28,3 +28,22 @@ def test_promotion_and_race(tmp_path):
     assert str(client.get_model_version_by_alias("m", "champion").version) == "2"
     assert str(client.get_model_version_by_alias("m", "challenger").version) == "3"
     assert client.get_run(parent).data.tags["autotune.promotion"] == "skipped: champion moved to v2"
+
+
+def test_a_deploy_rerun_after_a_kill_registers_nothing_twice(tmp_path):
+    """Killed between registering and moving `champion`, the resumed deploy finds the version this job run
+    registered for these weights, and moves the alias to it (once); run again, it is simply done."""
+    from rich.console import Console
+
+    tracker = MlflowTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "reg", (tmp_path / "art").as_uri())
+    parent = tracker.start_parent("job", {})
+    ctx = SimpleNamespace(
+        tracker=tracker, parent_run_id=parent, console=Console(file=open(tmp_path / "log.txt", "w")),
+        job=SimpleNamespace(config=SimpleNamespace(name="job")), results={"tune": SimpleNamespace(best_method="head")},
+    )
+    manifest = {"files": {"model.safetensors": {"sha256": "ab" * 32, "bytes": 1}}}
+    src = (tmp_path / "art").as_uri()
+    tracker.register_version("m", src, parent, tags={"autotune.weights_sha256": "ab" * 32})  # the kill came here
+    assert _register(ctx, "m", src, True, manifest, validated_champion=None) == ("1", ["challenger", "champion"])
+    assert _register(ctx, "m", src, True, manifest, validated_champion=None) == ("1", ["challenger", "champion"])
+    assert [str(v.version) for v in tracker.client.search_model_versions("name = 'm'")] == ["1"]

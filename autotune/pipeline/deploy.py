@@ -182,11 +182,14 @@ def _register(ctx: JobContext, name: str, source: str, gates_passed: bool, manif
               validated_champion: str | None, extra_tags: dict[str, str] | None = None,
               description: str | None = None, model_id: str | None = None) -> tuple[str, list[str]]:
     t = ctx.tracker
-    version = t.register_version(
+    sha = manifest["files"].get("model.safetensors", {}).get("sha256", "")
+    # a deploy killed after registering and re-run on resume registers nothing twice: the version this job
+    # registered for these very weights is the one
+    again = sha and t.version_of_run(name, ctx.parent_run_id, {"autotune.weights_sha256": sha})
+    version = again or t.register_version(
         name, source, ctx.parent_run_id, description=description, model_id=model_id,
         tags={"autotune.job": ctx.job.config.name, "autotune.method": ctx.results["tune"].best_method,
-              "autotune.weights_sha256": manifest["files"].get("model.safetensors", {}).get("sha256", ""),
-              **(extra_tags or {})},
+              "autotune.weights_sha256": sha, **(extra_tags or {})},
     )
     aliases = ["challenger"]
     t.set_alias(name, "challenger", version)
@@ -195,6 +198,8 @@ def _register(ctx: JobContext, name: str, source: str, gates_passed: bool, manif
     # Promote only if the champion is still the one this job compared against: another job may have
     # promoted a better model meanwhile, and our comparison says nothing about that one.
     current = t.move_alias(name, "champion", version, expected=validated_champion)
+    if current == version:  # moved by this very job before a kill: done
+        current = None
     if current is not None:
         ctx.console.print(
             f"[yellow]champion of {name} moved from v{validated_champion} to v{current} during this job: "

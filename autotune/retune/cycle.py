@@ -30,12 +30,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError, ConfigError, GateFailed
-from autotune.retune.history import COMPLETED, History, history_plot
+from autotune.retune.history import History, history_plot
 
 HOME = "retune"
 EVAL_FILE = "eval_split.jsonl"
@@ -61,21 +62,27 @@ def retune(job_path: str | Path, now: float | None = None, console=None, address
     from autotune.search.tuner import optuna_storage_url
 
     job = load_job(job_path)
+    if not job.config.deploy.register_model or list(job.config.stages) != ["preprocess", "tune", "validate", "deploy"]:
+        raise ConfigError([f"{job_path}: retuning promotes registered models: it needs all four stages and "
+                           f"deploy.register_model: true (got stages {list(job.config.stages)}, "
+                           f"register_model {job.config.deploy.register_model})"])
     console = console or _console()
     home = job.output_dir / HOME
     holder = Holder(command=f"autotune retune {job_path}")
     storage = optuna_storage_url(job)
     locks = [FolderLock(home)]
     if storage.startswith("postgresql"):
-        locks.append(StudyLock(storage, f"{job.config.name}-retune"))
+        locks.append(StudyLock(storage, f"retune:{job.config.name}"))  # two hosts, two folders: one cycle
     taken = []
     try:
         for lock in locks:
             lock.acquire(holder)
             taken.append(lock)
-    except JobBusy as exc:
+    except BaseException as exc:
         for lock in reversed(taken):
             lock.release()
+        if not isinstance(exc, JobBusy):
+            raise
         reason = f"a cycle for job {job.config.name} is already running ({exc.holder or 'holder unknown'})"
         console.print(f"skipped: {reason}")
         return CycleOutcome(None, "skipped", reason)
@@ -92,6 +99,7 @@ class Cycle:
         from autotune.search.tuner import optuna_storage_url
 
         self.job, self.job_path, self.home, self.console, self.address = job, job_path, home, console, address
+        self.simulated = now is not None  # tests simulate nights; otherwise records carry the real time
         self.now = now if now is not None else time.time()
         self.started_at = started_at or time.time()
         self.cfg = job.config.retune
@@ -107,26 +115,31 @@ class Cycle:
 
         self.home.mkdir(parents=True, exist_ok=True)
         data = prepare_job_data(self.job)
-        fp = data.fingerprint
         rows = [(t, data.labels[y]) for split in data.splits.values() for t, y in split]
+        fp = content_fingerprint(rows)
         tracker = self._tracker()
-        champion = tracker.version_by_alias(self.name, "champion")
 
         pending = self.history.pending()
-        if pending is not None and pending.get("fingerprint") != fp:
-            self._abandon(pending, tracker, f"the data changed (fingerprint {fp[:8]}) before it finished")
-            pending = None
+        if pending is not None:
+            deployed = _stage_status(self.home / pending["folder"], "deploy") == "succeeded"
+            if deployed:  # killed after deploy, before its record: the outcome is known, record it
+                self._end(pending["cycle"], pending, tracker, "promoted", "")
+                pending = None
+            elif pending.get("fingerprint") != fp:
+                self._abandon(pending, tracker, f"the data changed (fingerprint {fp[:8]}) before it finished")
+                pending = None
+        champion = tracker.version_by_alias(self.name, "champion")
         if pending is not None:
             n, start = pending["cycle"], pending
             self.console.print(f"cycle {n}: resuming (it was interrupted; same data {fp[:8]})")
-        else:
-            n = self.history.next_number()
-            skip = self._skip_reason(fp, champion)
-            if skip:
-                return self._skipped(n, fp, len(rows), skip, tracker, champion)
-            start = self._plan(n, data, rows, fp, champion, tracker)
-            self.history.append(start)
-        return self._execute(n, start, tracker)
+            return self._execute(n, start, tracker, resume=True)
+        n = self.history.next_number()
+        skip = self._skip_reason(fp, champion)
+        if skip:
+            return self._skipped(n, fp, len(rows), skip, tracker, champion)
+        start = self._plan(n, data, rows, fp, champion, tracker)
+        self.history.append(start)
+        return self._execute(n, start, tracker, resume=False)
 
     def _skip_reason(self, fp: str, champion) -> str | None:
         if champion is None:
@@ -145,12 +158,19 @@ class Cycle:
         last = self.history.last_completed()
         if last is not None:
             return last.get("fingerprint")
-        return _stage_outputs(self.job.output_dir, "preprocess").get("fingerprint")
+        rows = _jsonl_rows(self.job.output_dir / "data", ("train", "validation", "test"))
+        return content_fingerprint(rows) if rows else None
 
     def _plan(self, n: int, data, rows, fp: str, champion, tracker) -> dict[str, Any]:
         """Frozen split, drift, warm or cold, the derived job: the `start` event of the cycle."""
-        eval_rows = self._frozen_eval(data)
-        frozen = {t for t, _ in eval_rows}
+        current = dict(rows)
+        frozen_all = self._frozen_eval(data)
+        # rows the user deleted leave the frozen split; a corrected label is taken as it is now
+        eval_rows = [(t, current[t]) for t, _ in frozen_all if t in current]
+        dropped = len(frozen_all) - len(eval_rows)
+        if dropped:
+            self.console.print(f"cycle {n}: {dropped} rows of the frozen evaluation split are no longer in the data")
+        frozen = {t for t, _ in frozen_all}
         val_share = self._val_share()
         learn = [(t, y) for t, y in rows if t not in frozen]
         split_of = {t: ("validation" if _bucket(t) < val_share else "train") for t, _ in learn}
@@ -179,29 +199,33 @@ class Cycle:
         if drift is not None:
             self.console.print(f"cycle {n}: drift vs the champion's data: {drift.summary()}")
         return {"event": "start", "cycle": n, "at": self.now, "fingerprint": fp, "rows": len(rows),
-                "eval_rows": len(eval_rows), "mode": mode, "mode_reason": why, "seeds": points if mode == "warm" else [],
+                "eval_rows": len(eval_rows), "eval_rows_dropped": dropped, "mode": mode, "mode_reason": why, "seeds": points if mode == "warm" else [],
                 "drift": drift.to_dict() if drift else None, "drift_summary": drift.summary() if drift else None,
                 "drift_exceeded": drift_reasons, "folder": folder.name, "job_file": job_file.name,
-                "study": f"{self.job.config.name}-cycle-{n:04d}",
+                "study": self._study(n),
                 "champion_before": champion.version if champion else None}
 
-    def _execute(self, n: int, start: dict[str, Any], tracker) -> CycleOutcome:
+    def _execute(self, n: int, start: dict[str, Any], tracker, resume: bool) -> CycleOutcome:
         from autotune import api
+        from autotune.lock import JobBusy
         from autotune.pipeline.state import StateStore
 
         folder, job_file = self.home / start["folder"], self.home / start["job_file"]
         decision, reason = "promoted", ""
         try:
-            if StateStore(folder).job() is not None:
-                api.resume(folder, address=self.address, console=self.console, started_at=self.started_at)
-            else:
-                api.submit(job_file, address=self.address, force=True, console=self.console,
-                           started_at=self.started_at)
+            with self._stores_in_env():
+                if resume and StateStore(folder).job() is not None:
+                    api.resume(folder, address=self.address, console=self.console, started_at=self.started_at)
+                else:  # a new cycle starts clean, whatever an earlier folder of that number left
+                    api.submit(job_file, address=self.address, force=True, console=self.console,
+                               started_at=self.started_at)
         except GateFailed as exc:
             decision, reason = "kept", str(exc).removeprefix("validation gate failed, deploy skipped: ")
         except KeyboardInterrupt:
             self.console.print(f"cycle {n} interrupted: `autotune retune {self.job_path}` resumes it")
             raise
+        except JobBusy:
+            raise  # someone runs this cycle's folder by hand: it is not over, record nothing
         except AutotuneError as exc:
             self._end(n, start, tracker, "failed", str(exc)[:2000])
             raise
@@ -209,6 +233,29 @@ class Cycle:
         return CycleOutcome(n, record["decision"], record["reason"], record)
 
     # --- pieces -----------------------------------------------------------------------------------
+    @contextmanager
+    def _stores_in_env(self):
+        """The cycle's job file holds the stores' URLs masked (never a password on disk); the cycle's run gets
+        the real ones as MLFLOW_TRACKING_URI / AUTOTUNE_OPTUNA_STORAGE, which take precedence."""
+        import os
+
+        saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "AUTOTUNE_OPTUNA_STORAGE")}
+        os.environ["MLFLOW_TRACKING_URI"], os.environ["AUTOTUNE_OPTUNA_STORAGE"] = self.uri, self.storage
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    def _study(self, n: int) -> str:
+        """The cycle's Optuna study: job, cycle and this folder (two hosts sharing a PostgreSQL storage number
+        their cycles apart, so the names must not meet)."""
+        tag = hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:6]
+        return f"{self.job.config.name}-cycle-{n:04d}-{tag}"
+
     def _end(self, n: int, start: dict[str, Any], tracker, decision: str, reason: str) -> dict[str, Any]:
         folder = self.home / start["folder"]
         val, dep, tune = (_stage_outputs(folder, s) for s in ("validate", "deploy", "tune"))
@@ -227,7 +274,7 @@ class Cycle:
             else:
                 reason = f"v{version} is the first champion"
         champion_after = tracker.alias_version(self.name, "champion")
-        record = {"event": "end", "cycle": n, "at": time.time() if self.now is None else self.now,
+        record = {"event": "end", "cycle": n, "at": self.now if self.simulated else time.time(),
                   "decision": decision, "reason": reason, "version": version if decision == "promoted" else None,
                   "challenger_version": version, "champion_version": champion_before,
                   "champion_after": champion_after, "trials": sum((tune.get("counts") or {}).values()) or None,
@@ -241,11 +288,11 @@ class Cycle:
         return record
 
     def _skipped(self, n: int, fp: str, rows: int, reason: str, tracker, champion) -> CycleOutcome:
+        run_id = tracker.start_parent(f"{self.job.config.name}-cycle-{n:04d}",
+                                      {"autotune.job": self.job.config.name, "autotune.retune.cycle": str(n)})
         start = {"event": "start", "cycle": n, "at": self.now, "fingerprint": fp, "rows": rows, "mode": "skip",
                  "mode_reason": reason, "champion_before": champion.version if champion else None}
         self.history.append(start)
-        run_id = tracker.start_parent(f"{self.job.config.name}-cycle-{n:04d}",
-                                      {"autotune.job": self.job.config.name, "autotune.retune.cycle": str(n)})
         record = {"event": "end", "cycle": n, "at": self.now, "decision": "skipped", "reason": reason,
                   "champion_after": champion.version if champion else None, "run_id": run_id}
         self.history.append(record)
@@ -311,7 +358,8 @@ class Cycle:
         path = self.home / EVAL_FILE
         if path.is_file():
             return [(r["text"], r["label"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
-        rows = [(t, data.labels[y]) for t, y in data.splits["test"]]
+        # the job's own submit ran before: its test split is the one rows its champion never learned from
+        rows = _jsonl_rows(self.job.output_dir / "data", ("test",)) or [(t, data.labels[y]) for t, y in data.splits["test"]]
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows), encoding="utf-8")
         tmp.replace(path)
@@ -340,11 +388,7 @@ class Cycle:
             state = _job_state(folder)
             if state is None or (champion.run_id and state.get("parent_run_id") != champion.run_id):
                 continue
-            rows = []
-            for split in ("train", "validation"):
-                path = folder / "data" / f"{split}.jsonl"
-                if path.is_file():
-                    rows += [(r["text"], r["label"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+            rows = _jsonl_rows(folder / "data", ("train", "validation"))
             if rows:
                 return rows
         return []
@@ -377,7 +421,8 @@ class Cycle:
         tune = _stage_outputs(folder, "tune")
         metric, mode = self.job.config.objective.metric, self.job.config.objective.mode
         trials = [t for t in tune.get("trials") or [] if t.get("status") != "failed" and metric in (t.get("best") or {})]
-        trials.sort(key=lambda t: t["best"][metric], reverse=(mode == "max"))
+        # trials that ran their plan first (a pruned trial's early-rung score is not its final one), then by score
+        trials.sort(key=lambda t: (t.get("status") == "pruned", -t["best"][metric] if mode == "max" else t["best"][metric]))
         added = sum(add(t["method"], t.get("knobs") or {}) for t in trials[: self.cfg.warm_start_top_k])
         if added:
             sources.append(f"the top {added} of {'cycle ' + str(last['cycle']) if last else 'the job’s search'}")
@@ -401,7 +446,7 @@ class Cycle:
         d["tracking"]["registered_model"] = self.name
         if job.config.storage.optuna_url is None and "AUTOTUNE_OPTUNA_STORAGE" not in _environ():
             d["storage"]["optuna_url"] = self.storage
-        d["search"]["study_name"] = f"{job.config.name}-cycle-{n:04d}"
+        d["search"]["study_name"] = self._study(n)
         d["search"]["initial_points"] = points
         d["search"]["portfolio"] = mode != "warm"
         warm = mode == "warm"
@@ -413,6 +458,31 @@ class Cycle:
                   "written by autotune - edit the job file instead\n")
         path.write_text(redact(header + yaml.safe_dump(d, sort_keys=False)), encoding="utf-8")
         return path
+
+
+def content_fingerprint(rows) -> str:
+    """The data as a set of (text, label) rows: a reordered file is the same data."""
+    h = hashlib.sha256()
+    for t, y in sorted(rows):
+        h.update(json.dumps([t, y]).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+def _jsonl_rows(folder: Path, splits) -> list[tuple[str, str]]:
+    rows = []
+    for split in splits:
+        path = Path(folder) / f"{split}.jsonl"
+        if path.is_file():
+            rows += [(r["text"], r["label"]) for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
+    return rows
+
+
+def _stage_status(folder: Path, stage: str) -> str | None:
+    try:
+        return json.loads((Path(folder) / "state" / f"{stage}.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
 
 
 def _environ():
@@ -489,7 +559,3 @@ def _previous_champion(history: History, current: str) -> str | None:
         if move["version"] == current:
             return move.get("previous")
     return None
-
-
-def completed(cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [c for c in cycles if c["decision"] in COMPLETED]

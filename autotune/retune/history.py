@@ -39,9 +39,13 @@ class History:
     def append(self, event: dict[str, Any]) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         line = (json.dumps(event, sort_keys=True, default=str) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, line)
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a torn last line (killed mid-write) stays alone on its line
+            while line:
+                line = line[os.write(fd, line):]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -62,7 +66,7 @@ class History:
 
     def pending(self) -> dict[str, Any] | None:
         """The last cycle that started and never ended (killed, interrupted)."""
-        open_ = [c for c in self.cycles() if c["decision"] == "running"]
+        open_ = [c for c in self.cycles() if c["decision"] == "running" and c.get("folder")]
         return open_[-1] if open_ else None
 
     def last_completed(self) -> dict[str, Any] | None:
@@ -101,7 +105,7 @@ def table_rows(cycles: list[dict[str, Any]]) -> list[dict[str, str]]:
             "data": f"{c.get('fingerprint', '?')[:8]} ({c.get('rows', '?')} rows)",
             "drift": c.get("drift_summary") or "-",
             "mode": c.get("mode", "-"),
-            "trials": str(c.get("trials", "-")),
+            "trials": "-" if c.get("trials") is None else str(c["trials"]),
             "challenger": "-" if acc is None else f"{acc:.4f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
             "champion": ("-" if champ.get("accuracy") is None else
                          f"v{champ.get('version')} {champ['accuracy']:.4f}, diff {diff:+.4f}"

@@ -278,6 +278,19 @@ class MlflowTracker:
         self.set_alias(name, alias, to)
         return None
 
+    def version_of_run(self, name: str, run_id: str, tags: dict[str, str]) -> str | None:
+        """The version of `name` registered from run `run_id` whose tags include `tags`, if any."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            found = self.client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        except MlflowException:
+            return None
+        for mv in sorted(found, key=lambda v: int(v.version)):
+            if all((mv.tags or {}).get(k) == v for k, v in tags.items()):
+                return str(mv.version)
+        return None
+
     def set_version_tags(self, name: str, version: str, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_model_version_tag(name, str(version), k, redact(str(v))[:MAX_TAG_LEN])
