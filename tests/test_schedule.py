@@ -175,7 +175,8 @@ def test_oncalendar_fires_when_cron_does(expr):
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_units_verify(job, tmp_path):
+def test_systemd_units_verify(job, tmp_path, monkeypatch):
+    monkeypatch.chdir(job.parent)  # the unit runs where `--print` ran: a relative output_dir resolves the same
     files = sch.schedule_files("systemd", job, "*/15 * * * 1-5")
     service, timer = files["autotune-retune-nightly_Job.service"], files["autotune-retune-nightly_Job.timer"]
     workdir = f"WorkingDirectory={job.parent}".replace("%", "%%")

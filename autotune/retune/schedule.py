@@ -346,12 +346,13 @@ def _one_line(what: str, value: str) -> str:
     return value
 
 
-def crontab_entry(job: Path, expr: str, autotune_bin: str, log: Path) -> str:
-    """A comment and one crontab line running `autotune retune JOB` in the job's folder, output appended to
-    `log`. `autotune_bin` is a shell command prefix, already quoted (e.g. shlex.quote(path))."""
+def crontab_entry(job: Path, expr: str, autotune_bin: str, log: Path, workdir: Path | None = None) -> str:
+    """A comment and one crontab line running `autotune retune JOB` in `workdir` (default: the job's folder),
+    output appended to `log`. `autotune_bin` is a shell command prefix, already quoted (e.g. shlex.quote(path))."""
     expr = check_cron(expr)
     job, log = Path(job).absolute(), Path(log).absolute()
-    command = (f"cd {shlex.quote(str(job.parent))} && {autotune_bin} retune {shlex.quote(str(job))} "
+    workdir = Path(workdir).absolute() if workdir else job.parent
+    command = (f"cd {shlex.quote(str(workdir))} && {autotune_bin} retune {shlex.quote(str(job))} "
                f">> {shlex.quote(str(log))} 2>&1")
     command = _one_line("command", command).replace("%", "\\%")  # cron turns a bare % into a line break
     return (f"# AutoTune scheduled retuning of {_one_line('job path', str(job))}; a second cycle while one runs "
@@ -410,7 +411,7 @@ def _systemd_word(word: str) -> str:
     return word.replace("%", "%%").replace("$", "$$")
 
 
-def systemd_units(job: Path, expr: str, autotune_bin: str, unit: str) -> dict[str, str]:
+def systemd_units(job: Path, expr: str, autotune_bin: str, unit: str, workdir: Path | None = None) -> dict[str, str]:
     """{UNIT.service, UNIT.timer}: a oneshot service running `autotune retune JOB` in the job's folder (a stop
     sends SIGINT, which leaves the cycle resumable) and a timer firing it at the cron expression's times, UTC.
     `autotune_bin` is a shell command prefix (split with shlex); its first word must be an absolute path."""
@@ -418,7 +419,7 @@ def systemd_units(job: Path, expr: str, autotune_bin: str, unit: str) -> dict[st
     calendar = cron_to_oncalendar(expr)
     job = Path(job).absolute()
     argv = shlex.split(autotune_bin) + ["retune", str(job)]
-    workdir = _one_line("job folder", str(job.parent)).replace("%", "%%")
+    workdir = _one_line("working directory", str(Path(workdir).absolute() if workdir else job.parent)).replace("%", "%%")
     where = _one_line("job path", str(job)).replace("%", "%%")
     service = (
         "[Unit]\n"
@@ -514,9 +515,10 @@ def schedule_files(kind: str, job: Path, expr: str) -> dict[str, str]:
     unit = "autotune-retune-" + (re.sub(r"[^A-Za-z0-9_.:-]+", "-", job.stem).strip("-") or "job")
     found = shutil.which("autotune")
     autotune_bin = shlex.quote(str(Path(found).absolute())) if found else shlex.join([sys.executable, "-m", "autotune.cli"])
+    # run where the user runs autotune: a job's relative output_dir (runs/<name> by default) is under it
     if kind == "crontab":
-        return {f"{unit}.crontab": crontab_entry(job, expr, autotune_bin, job.parent / f"{unit}.log")}
+        return {f"{unit}.crontab": crontab_entry(job, expr, autotune_bin, job.parent / f"{unit}.log", Path.cwd())}
     if kind == "systemd":
-        return systemd_units(job, expr, autotune_bin, unit)
+        return systemd_units(job, expr, autotune_bin, unit, Path.cwd())
     name = dns_name(unit)
     return {f"{name}.yaml": kubernetes_cronjob(job, expr, name)}
