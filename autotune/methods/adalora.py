@@ -18,21 +18,16 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from autotune.methods.base import Method, MethodParams, Prepared, check_layers
-from autotune.methods.lora import Preset, resolve_targets
+from autotune.methods.base import Method, Prepared, check_layers
+from autotune.methods.lora import AdapterPlacement, resolve_targets
 
 
-class AdaLoraParams(MethodParams):
+class AdaLoraParams(AdapterPlacement):
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak AdamW learning rate.")
     init_r: int = Field(12, ge=1, le=256, description="Rank every adapted module starts with.")
     target_r: int = Field(4, ge=1, le=256, description="Average rank over the adapted modules at the end of the schedule.")
     alpha: float = Field(32.0, gt=0, description="Scaling numerator (the update is scaled by alpha / init_r).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: list[str] | None = Field(
-        None, min_length=1, description="Names (or dotted suffixes) of the linear modules to adapt. null = the "
-                                        "target_preset, or [query, value] when no preset is given.")
-    target_preset: Preset | None = Field(None, description="attention_qv, attention_all or all_linear (as for lora).")
-    layers: list[int] | None = Field(None, min_length=1, description="0-based encoder layers to adapt (null = all).")
     tinit: float = Field(0.1, ge=0.0, lt=1.0, description="Warm-up at init_r before any rank is pruned, as a fraction of the trial's planned steps.")
     tfinal: float = Field(0.2, ge=0.0, lt=1.0, description="Final phase at the settled ranks, as a fraction of the trial's planned steps.")
     deltaT: int = Field(5, ge=1, le=10_000, description="Optimizer steps between two rank re-allocations.")
@@ -44,8 +39,6 @@ class AdaLoraParams(MethodParams):
             raise ValueError(f"target_r <= init_r must hold (got target_r={self.target_r}, init_r={self.init_r})")
         if self.tinit + self.tfinal >= 1.0:
             raise ValueError(f"tinit + tfinal < 1 must hold: the schedule needs a budgeting phase (got {self.tinit + self.tfinal:g})")
-        if self.target_modules is not None and self.target_preset is not None:
-            raise ValueError("give either target_modules or target_preset, not both")
         return self
 
 

@@ -10,30 +10,19 @@ training, `module_dropout` skips a module's whole update during training. `Lycor
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from autotune.methods.base import Method, MethodParams, check_layers
-from autotune.methods.lora import LoraPrepared, Preset, resolve_targets, unfreeze_peft_head
+from autotune.methods.base import Method, check_layers
+from autotune.methods.lora import AdapterPlacement, LoraPrepared, resolve_targets, unfreeze_peft_head
 
 
-class LycorisParams(MethodParams):
+class LycorisParams(AdapterPlacement):
     learning_rate: float = Field(5e-3, gt=0, le=1.0, description="Peak AdamW learning rate (about 10x LoRA's: from its "
                                                                   "initialisation the update grows more slowly per step).")
     rank: int = Field(8, ge=1, le=1024, description="Rank r of the low-rank factors.")
     alpha: float = Field(8.0, gt=0, description="Scaling numerator (the update is scaled by alpha / r).")
     rank_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Training only: probability of dropping each output row of the update.")
     module_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Training only: probability of skipping a module's update for a step.")
-    target_modules: list[str] | None = Field(
-        None, min_length=1, description="Names (or dotted suffixes) of the linear modules to adapt. null = the "
-                                        "target_preset, or [query, value] when no preset is given.")
-    target_preset: Preset | None = Field(None, description="attention_qv, attention_all or all_linear (as for lora).")
-    layers: list[int] | None = Field(None, min_length=1, description="0-based encoder layers to adapt (null = all).")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.target_modules is not None and self.target_preset is not None:
-            raise ValueError("give either target_modules or target_preset, not both")
-        return self
 
 
 def lycoris_common(method: str, model, params: LycorisParams) -> dict:

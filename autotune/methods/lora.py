@@ -38,11 +38,9 @@ PRESETS: dict[str, dict[str, list[str]]] = {
 FAMILY_MARKERS = {"bert": {"query", "key", "value"}, "distilbert": {"q_lin", "k_lin", "v_lin"}}
 
 
-class LoraParams(MethodParams):
-    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak AdamW learning rate.")
-    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
-    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+class AdapterPlacement(MethodParams):
+    """Where an adapter goes - modules by name or by role, and which encoder layers: lora and its descendants."""
+
     target_modules: list[str] | None = Field(
         None, min_length=1,
         description="Names (or dotted name suffixes, e.g. attention.output.dense) of the linear modules to adapt. "
@@ -51,6 +49,19 @@ class LoraParams(MethodParams):
         None, description="Modules to adapt by role instead of by name: attention_qv (query, value), attention_all "
                           "(query, key, value, attention output), all_linear (every linear layer of the blocks).")
     layers: list[int] | None = Field(None, min_length=1, description="0-based encoder layers to adapt (null = all).")
+
+    @model_validator(mode="after")
+    def _one_way_to_target(self):
+        if self.target_modules is not None and self.target_preset is not None:
+            raise ValueError("give either target_modules or target_preset, not both")
+        return self
+
+
+class LoraParams(AdapterPlacement):
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="Peak AdamW learning rate.")
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rsLoRA).")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
     use_dora: bool = Field(False, description="DoRA: also train a magnitude per output row (weight-decomposed LoRA).")
     init: Literal["default", "gaussian", "pissa", "olora", "orthogonal"] = Field(
@@ -61,8 +72,6 @@ class LoraParams(MethodParams):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.target_modules is not None and self.target_preset is not None:
-            raise ValueError("give either target_modules or target_preset, not both")
         if self.init == "orthogonal" and self.rank % 2:
             raise ValueError(f"init orthogonal needs an even rank (got rank={self.rank})")
         return self

@@ -13,29 +13,18 @@ in the paper. b starts at zero (the adapted model starts as the base model) and 
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from autotune.methods.base import Method, MethodParams, check_layers
-from autotune.methods.lora import LoraPrepared, Preset, resolve_targets, unfreeze_peft_head
+from autotune.methods.base import Method, check_layers
+from autotune.methods.lora import AdapterPlacement, LoraPrepared, resolve_targets, unfreeze_peft_head
 
 
-class VeraParams(MethodParams):
+class VeraParams(AdapterPlacement):
     learning_rate: float = Field(1e-2, gt=0, le=1.0, description="Peak AdamW learning rate (the scaling vectors need a large one).")
     rank: int = Field(256, ge=1, le=4096, description="Rank of the shared random matrices (trains rank entries per module).")
     d_initial: float = Field(0.1, gt=0, le=1.0, description="Initial value of every entry of the d vectors (small values, <= 0.1, "
                                                               "are recommended).")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the adapter input.")
-    target_modules: list[str] | None = Field(
-        None, min_length=1, description="Names (or dotted suffixes) of the linear modules to adapt. null = the "
-                                        "target_preset, or [query, value] when no preset is given.")
-    target_preset: Preset | None = Field(None, description="attention_qv, attention_all or all_linear (as for lora).")
-    layers: list[int] | None = Field(None, min_length=1, description="0-based encoder layers to adapt (null = all).")
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.target_modules is not None and self.target_preset is not None:
-            raise ValueError("give either target_modules or target_preset, not both")
-        return self
 
 
 class VeraMethod(Method):
