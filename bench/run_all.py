@@ -4,8 +4,11 @@
     python bench/run_all.py                # the full benchmarks (quality.py's defaults take hours on 2 cores)
 
 Benches: overhead.py (per-trial overhead of AutoTune's search vs a direct loop; it has no --quick flag, so the
-quick run asks it for 4 trials instead of 12) and quality.py (AutoTune vs its peers at equal wall-clock budgets;
---quick passed through). Results go to --out-dir (overhead.py always writes bench/results/overhead.json).
+quick run asks it for 4 trials instead of 12), quality.py (AutoTune vs its peers at equal wall-clock budgets;
+--quick passed through), and issue 14's throughput.py (samples/s in a trial's loop vs a hand-written loop),
+memory.py (peak RSS and optimizer state per method), search_scale.py (ms per suggestion / trial with 100 and
+1,000 trials per Optuna storage) and startup.py (`autotune validate` / `autotune status` wall seconds), each with
+--quick passed through. Results go to --out-dir (overhead.py always writes bench/results/overhead.json).
 Exit status: 0 when every bench exited 0, else 1; a summary line per bench is printed at the end.
 """
 
@@ -19,12 +22,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+NEW = ("throughput", "memory", "search_scale", "startup")  # issue 14's benches
 
 
 def benches(quick: bool, out_dir: Path) -> list[tuple[str, list[str]]]:
     return [
         ("overhead", [str(HERE / "overhead.py"), *(["--trials", "4"] if quick else [])]),
         ("quality", [str(HERE / "quality.py"), "--out", str(out_dir / "quality.json"), *(["--quick"] if quick else [])]),
+        *[(name, [str(HERE / f"{name}.py"), "--out", str(out_dir / f"{name}.json"), *(["--quick"] if quick else [])])
+          for name in NEW],
     ]
 
 
@@ -32,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke run of every bench")
     ap.add_argument("--out-dir", type=Path, default=HERE / "results")
-    ap.add_argument("--only", nargs="+", choices=["overhead", "quality"], default=None, help="run only these")
+    ap.add_argument("--only", nargs="+", choices=["overhead", "quality", *NEW], default=None, help="run only these")
     args = ap.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     results = []
