@@ -208,11 +208,13 @@ def test_second_cycle_is_skipped_then_a_killed_cycle_resumes_with_clean_records(
     home = tmp_path / "out" / "retune"
     a = _retune_process(job, tmp_path / "a.log")
     try:
-        _wait_for(lambda: _trial_started(home / "cycle-0001"), 240, "cycle A's first rung")
+        # B while A is still starting its search (its start event is written before Ray starts), so A cannot be done
+        _wait_for(lambda: (home / "history.jsonl").is_file(), 240, "cycle A's start")
         b = subprocess.run([sys.executable, "-m", "autotune.cli", "retune", str(job)], capture_output=True, text=True,
                            timeout=240)
         assert b.returncode == 0, b.stderr
         assert f"skipped: a cycle for job nightly is already running (pid {a.pid} on " in b.stdout, b.stdout
+        _wait_for(lambda: _trial_started(home / "cycle-0001"), 240, "cycle A's first rung")
         os.killpg(a.pid, signal.SIGKILL)
         a.wait(timeout=60)
     finally:
