@@ -233,7 +233,7 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
                  started_at: float) -> dict[str, Any]:
     from autotune.pipeline.context import JobContext
     from autotune.pipeline.runner import run_stages
-    from autotune.tracking.mlflow_tracker import MlflowTracker, flatten
+    from autotune.tracking.mlflow_tracker import MlflowTracker, artifact_location, flatten
 
     console = console or _console()
     uri = tracking_uri(job)
@@ -242,16 +242,13 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
         raise ConfigError([f"{store.dir.parent.resolve()}: this job folder was written at {job.output_dir}; "
                            f"`autotune resume` continues a job only in the folder it ran in (status and ui work on "
                            f"copies): move it back to {job.output_dir}"])
-    artifact_location = None
-    if uri.startswith("sqlite:///"):  # artifacts beside the database (a retuning cycle uses its job's store)
-        artifact_location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
     if resume and uri == f"sqlite:///{job.output_dir / 'mlflow.db'}":  # its own store: locations point here
         from autotune.tracking.local_store import open_folder_store
 
         note = open_folder_store(job.output_dir, experiment, need_artifacts=False).note
         if note:
             console.print(note)
-    tracker = MlflowTracker(uri, experiment, artifact_location)
+    tracker = MlflowTracker(uri, experiment, artifact_location(uri))
     state = store.job()
     if resume and state and state.parent_run_id:
         parent = state.parent_run_id

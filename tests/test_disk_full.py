@@ -268,17 +268,24 @@ def _cli(*args: str, timeout: float = 600, env: dict | None = None) -> subproces
                           timeout=timeout, env=env)
 
 
+def _timed_cli(*args: str) -> tuple[subprocess.CompletedProcess, float]:
+    start = time.monotonic()
+    proc = _cli(*args, timeout=120)
+    return proc, time.monotonic() - start
+
+
+def _read_only_refusal(job_file, folder, got) -> str:
+    return ("error: 1 problem(s) found:\n"
+            f"  {job_file}: output_dir: cannot write to {folder} (read-only file system); make it writable first "
+            f"(got '{got}')\n")
+
+
 def test_read_only_output_folder_is_refused_before_anything_runs(tiny_model_dir, synthetic_csv, tmp_path, cache_env):
     with read_only(tmp_path / "ro") as ro:
         job = tiny_job(tmp_path, tiny_model_dir, synthetic_csv, "rojob", f"output_dir: {ro / 'out'}")
-        start = time.monotonic()
-        proc = _cli("submit", str(job), timeout=120)
-        seconds = time.monotonic() - start
+        proc, seconds = _timed_cli("submit", str(job))
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr == (
-        "error: 1 problem(s) found:\n"
-        f"  {job}: output_dir: cannot write to {ro} (read-only file system); make it writable first "
-        f"(got '{ro / 'out'}')\n")
+    assert proc.stderr == _read_only_refusal(job, ro, ro / "out")
     assert proc.stdout == ""
     assert seconds < 20, seconds  # the pre-flight: no Ray, no MLflow run, no preprocessing
     assert not (ro / "out").exists()
@@ -294,14 +301,9 @@ def test_resume_of_a_folder_that_became_read_only_is_refused_before_anything_run
     out = tmp_path / "out"
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     with read_only(out):
-        start = time.monotonic()
-        proc = _cli("resume", str(out), timeout=120)
-        seconds = time.monotonic() - start
+        proc, seconds = _timed_cli("resume", str(out))
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert proc.stderr == (
-        "error: 1 problem(s) found:\n"
-        f"  {out / 'job.yaml'}: output_dir: cannot write to {out} (read-only file system); make it writable first "
-        f"(got '{out}')\n")
+    assert proc.stderr == _read_only_refusal(out / "job.yaml", out, out)
     assert seconds < 20, seconds
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
 

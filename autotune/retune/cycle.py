@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import AutotuneError, ConfigError, GateFailed
+from autotune.pipeline.state import StateStore
 from autotune.retune.history import History, history_plot
 
 HOME = "retune"
@@ -117,11 +119,11 @@ class Cycle:
         data = prepare_job_data(self.job)
         rows = [(t, data.labels[y]) for split in data.splits.values() for t, y in split]
         fp = content_fingerprint(rows)
-        tracker = self._tracker()
+        tracker = self.tracker()
 
         pending = self.history.pending()
         if pending is not None:
-            deployed = _stage_status(self.home / pending["folder"], "deploy") == "succeeded"
+            deployed = StateStore(self.home / pending["folder"]).stage("deploy").status == "succeeded"
             if deployed:  # killed after deploy, before its record: the outcome is known, record it
                 self._end(pending["cycle"], pending, tracker, "promoted", "")
                 pending = None
@@ -237,8 +239,6 @@ class Cycle:
     def _stores_in_env(self):
         """The cycle's job file holds the stores' URLs masked (never a password on disk); the cycle's run gets
         the real ones as MLFLOW_TRACKING_URI / AUTOTUNE_OPTUNA_STORAGE, which take precedence."""
-        import os
-
         saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "AUTOTUNE_OPTUNA_STORAGE")}
         os.environ["MLFLOW_TRACKING_URI"], os.environ["AUTOTUNE_OPTUNA_STORAGE"] = self.uri, self.storage
         try:
@@ -258,7 +258,7 @@ class Cycle:
 
     def _end(self, n: int, start: dict[str, Any], tracker, decision: str, reason: str) -> dict[str, Any]:
         folder = self.home / start["folder"]
-        val, dep, tune = (_stage_outputs(folder, s) for s in ("validate", "deploy", "tune"))
+        val, dep, tune = (_outputs(folder, s) for s in ("validate", "deploy", "tune"))
         champion_before = (val.get("champion") or {}).get("version") or start.get("champion_before")
         version = dep.get("version")
         if decision == "promoted":
@@ -335,17 +335,12 @@ class Cycle:
             tracker.log_artifact(run_id, str(png), "retune")
         tracker.log_dict(run_id, {"start": start, "end": end}, "retune/cycle.json")
 
-    def _tracker(self):
-        from autotune.tracking.mlflow_tracker import MlflowTracker
+    def tracker(self):
+        from autotune.tracking.mlflow_tracker import MlflowTracker, artifact_location
 
-        location = None
-        if self.uri.startswith("sqlite:///"):
-            location = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
-        return MlflowTracker(self.uri, self.experiment, location)
+        return MlflowTracker(self.uri, self.experiment, artifact_location(self.uri))
 
     def _run_id(self, folder: Path) -> str | None:
-        from autotune.pipeline.state import StateStore
-
         state = StateStore(folder).job()
         return state.parent_run_id if state else None
 
@@ -385,8 +380,8 @@ class Cycle:
                    if c.get("version") == champion.version and c.get("folder")]
         folders.append(self.job.output_dir)  # the job's own submit
         for folder in folders:
-            state = _job_state(folder)
-            if state is None or (champion.run_id and state.get("parent_run_id") != champion.run_id):
+            state = StateStore(folder).job()
+            if state is None or (champion.run_id and state.parent_run_id != champion.run_id):
                 continue
             rows = _jsonl_rows(folder / "data", ("train", "validation"))
             if rows:
@@ -418,7 +413,7 @@ class Cycle:
                 pass
         last = self.history.last_completed()
         folder = self.home / last["folder"] if last else self.job.output_dir
-        tune = _stage_outputs(folder, "tune")
+        tune = _outputs(folder, "tune")
         metric, mode = self.job.config.objective.metric, self.job.config.objective.mode
         trials = [t for t in tune.get("trials") or [] if t.get("status") != "failed" and metric in (t.get("best") or {})]
         # trials that ran their plan first (a pruned trial's early-rung score is not its final one), then by score
@@ -440,11 +435,11 @@ class Cycle:
         d["data"] = {**d["data"], "path": str(data_file), "format": "jsonl", "text_column": "text",
                      "label_column": "label", "split_column": "split", "max_examples": None}
         # the job's own stores (explicit, so that they do not default into the cycle's folder)
-        if job.config.tracking.uri is None and "MLFLOW_TRACKING_URI" not in _environ():
+        if job.config.tracking.uri is None and "MLFLOW_TRACKING_URI" not in os.environ:
             d["tracking"]["uri"] = self.uri
         d["tracking"]["experiment"] = self.experiment
         d["tracking"]["registered_model"] = self.name
-        if job.config.storage.optuna_url is None and "AUTOTUNE_OPTUNA_STORAGE" not in _environ():
+        if job.config.storage.optuna_url is None and "AUTOTUNE_OPTUNA_STORAGE" not in os.environ:
             d["storage"]["optuna_url"] = self.storage
         d["search"]["study_name"] = self._study(n)
         d["search"]["initial_points"] = points
@@ -478,39 +473,15 @@ def _jsonl_rows(folder: Path, splits) -> list[tuple[str, str]]:
     return rows
 
 
-def _stage_status(folder: Path, stage: str) -> str | None:
-    try:
-        return json.loads((Path(folder) / "state" / f"{stage}.json").read_text()).get("status")
-    except (OSError, ValueError):
-        return None
-
-
-def _environ():
-    import os
-
-    return os.environ
-
-
 def _bucket(text: str) -> float:
     """A row's fixed place in [0, 1): its side (train / validation) never changes as the data grows."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
 
 
-def _stage_outputs(folder: Path, stage: str) -> dict[str, Any]:
+def _outputs(folder: Path, stage: str) -> dict[str, Any]:
     """A stage's outputs in a job folder, if it succeeded."""
-    path = Path(folder) / "state" / f"{stage}.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return state.get("outputs") or {} if state.get("status") == "succeeded" else {}
-
-
-def _job_state(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((Path(folder) / "state" / "job.json").read_text())
-    except (OSError, ValueError):
-        return None
+    state = StateStore(Path(folder)).stage(stage)
+    return state.outputs if state.status == "succeeded" else {}
 
 
 def rollback(job_path: str | Path, to: str | None = None, now: float | None = None, console=None) -> dict[str, Any]:
@@ -528,7 +499,7 @@ def rollback(job_path: str | Path, to: str | None = None, now: float | None = No
         raise JobBusy(f"cannot roll back while a cycle runs: {exc}") from None
     try:
         cyc = Cycle(job, Path(job_path), home, console, None, now, None)
-        tracker = cyc._tracker()
+        tracker = cyc.tracker()
         current = tracker.alias_version(cyc.name, "champion")
         if current is None:
             raise ConfigError([f"{job_path}: registered model {cyc.name!r} has no champion to roll back"])

@@ -51,6 +51,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def artifact_location(uri: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite database (OUTPUT_DIR/mlartifacts for a job's
+    own store; the job's for a retuning cycle); a server decides for itself (None)."""
+    from pathlib import Path
+
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
 class MlflowTracker:
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str | None = None,
                  create: bool = True):
