@@ -393,25 +393,41 @@ def status(output_dir: str | Path) -> dict[str, Any]:
         from types import SimpleNamespace
 
         from autotune.search.best import BEST_TAG, best_record
-        from autotune.tracking.mlflow_tracker import STATUS_TAG, MlflowTracker
+        from autotune.tracking.mlflow_tracker import STATUS_TAG
 
-        tracker = MlflowTracker(uri, state.experiment, create=False)
-        runs = tracker.child_runs(state.parent_run_id)
         metric, mode = folder.config.objective.metric, folder.config.objective.mode
         counts: dict[str, int] = {}
         trials = []
-        for r in runs:
-            st = r.data.tags.get(STATUS_TAG, "running")
+        for name, tags, params in _trial_runs(uri, state.experiment, state.parent_run_id):
+            st = tags.get(STATUS_TAG, "running")
             counts[st] = counts.get(st, 0) + 1
             trials.append(SimpleNamespace(
-                number=int(r.data.params.get("trial_number", -1)), status=st, name=r.info.run_name,
-                method=r.data.params.get("method"), best=json.loads(r.data.tags.get(BEST_TAG, "{}"))))
+                number=int(params.get("trial_number", -1)), status=st, name=name,
+                method=params.get("method"), best=json.loads(tags.get(BEST_TAG, "{}"))))
         info["trials"] = counts
         b = best_record(trials, metric, mode)
         info["best"] = {"value": b.best[metric], "trial": b.name, "method": b.method, "metric": metric} if b else None
     except Exception as exc:  # noqa: BLE001 - status must work even when the store is unreachable
         info["tracking_error"] = redact(str(exc))[:300]
     return info
+
+
+def _trial_runs(uri: str, experiment: str, parent_run_id: str) -> list[tuple[str, dict, dict]]:
+    """(run name, tags, params) of a job's trial runs. A SQLite store is read directly, read-only, without
+    importing mlflow (seconds saved: see tracking/sqlite_read.py); any other store, or a SQLite file of a
+    shape that reader does not know, through MLflow's client."""
+    from autotune.tracking.sqlite_read import StoreShapeError, child_runs, sqlite_path
+
+    db = sqlite_path(uri)
+    if db is not None:
+        try:
+            return [(r.run_name, r.tags, r.params) for r in child_runs(db, experiment, parent_run_id)]
+        except StoreShapeError:
+            pass
+    from autotune.tracking.mlflow_tracker import MlflowTracker
+
+    runs = MlflowTracker(uri, experiment, create=False).child_runs(parent_run_id)
+    return [(r.info.run_name, r.data.tags, r.data.params) for r in runs]
 
 
 @dataclass(frozen=True)

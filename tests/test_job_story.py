@@ -160,6 +160,31 @@ def test_study_agrees_with_mlflow_and_summary(job):
     assert info["best"]["value"] == summary["objective_value"]
 
 
+def test_status_reads_the_sqlite_store_as_mlflow_does(job, tmp_path):
+    """`autotune status` reads the folder's SQLite store without mlflow (tracking/sqlite_read.py): the same
+    runs, names, tags and params as MLflow's own client; a file that is not an MLflow store is refused."""
+    import sqlite3
+
+    from autotune.tracking.sqlite_read import StoreShapeError, child_runs, sqlite_path
+
+    folder, summary, _ = job
+    parent = summary["mlflow_run_id"]
+    experiment = json.loads((folder / "state" / "job.json").read_text())["experiment"]
+    db = sqlite_path(f"sqlite:///{folder / 'mlflow.db'}")
+    assert db == folder / "mlflow.db" and sqlite_path("http://127.0.0.1:5000") is None
+    ours = {r.run_id: (r.run_name, r.status, r.tags, r.params) for r in child_runs(db, experiment, parent)}
+    theirs = {r.info.run_id: (r.info.run_name, r.info.status, r.data.tags, r.data.params)
+              for r in trial_runs(folder, parent)[2]}
+    assert ours == theirs and len(ours) >= 2
+    assert child_runs(db, experiment, "no-such-parent") == []
+    not_mlflow = tmp_path / "other.db"
+    sqlite3.connect(not_mlflow).execute("CREATE TABLE t (x)").connection.commit()
+    with pytest.raises(StoreShapeError):
+        child_runs(not_mlflow, experiment, parent)
+    with pytest.raises(StoreShapeError):
+        child_runs(db, "no-such-experiment", parent)
+
+
 def test_folder_copied_moved_and_archived(job, tmp_path):
     """Runs last: the job folder is moved away."""
     from autotune import api
