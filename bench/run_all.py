@@ -22,7 +22,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-NEW = ("throughput", "memory", "search_scale", "startup")  # issue 14's benches
+NEW = ("throughput", "memory", "search_scale", "startup", "prefix_cache")  # issue 14's benches
 
 
 def benches(quick: bool, out_dir: Path) -> list[tuple[str, list[str]]]:

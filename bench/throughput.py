@@ -62,6 +62,26 @@ def tiny_assets(tmp: Path, rows: int) -> tuple[Path, Path]:
     return model_dir, data
 
 
+def bench_tokens(tmp: Path, quick: bool, model: str, max_length: int, layers: int | None, tiny_rows: int):
+    """(model config, prepared data, token splits): the tiny BERT on synthetic rows (--quick) or `model` on the
+    demo data, split and tokenized as a job would."""
+    from autotune.config.job import DataConfig, ModelConfig
+    from autotune.data.prepare import prepare
+    from autotune.training.model import load_tokenizer, tokenize_splits
+
+    if quick:
+        model_dir, data_path = tiny_assets(tmp, rows=tiny_rows)
+        model = str(model_dir)
+    else:
+        from autotune.data.demo import demo_csv
+
+        data_path = demo_csv()
+    model_cfg = ModelConfig(name_or_path=model, max_length=max_length, num_hidden_layers=layers)
+    prepared_data = prepare(data_path, DataConfig())
+    tokens, _ = tokenize_splits(prepared_data, load_tokenizer(model_cfg), max_length, None)
+    return model_cfg, prepared_data, tokens
+
+
 class Setup:
     def __init__(self, model_cfg, labels, tokens, training, seed: int):
         self.model_cfg, self.labels, self.tokens, self.training, self.seed = model_cfg, labels, tokens, training, seed
@@ -165,23 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from autotune.config.job import DataConfig, ModelConfig, TrainingConfig
-    from autotune.data.prepare import prepare
-    from autotune.training.model import load_tokenizer, tokenize_splits
+    from autotune.config.job import TrainingConfig
 
     torch.set_num_threads(args.threads)
     n_train = args.steps * args.batch_size
     with tempfile.TemporaryDirectory() as t:
-        if args.quick:
-            model_dir, data_path = tiny_assets(Path(t), rows=max(200, 2 * n_train))
-            model_name = str(model_dir)
-        else:
-            from autotune.data.demo import demo_csv
-
-            data_path, model_name = demo_csv(), args.model
-        model_cfg = ModelConfig(name_or_path=model_name, max_length=args.max_length, num_hidden_layers=args.layers)
-        prepared_data = prepare(data_path, DataConfig())
-        tokens, _ = tokenize_splits(prepared_data, load_tokenizer(model_cfg), args.max_length, None)
+        model_cfg, prepared_data, tokens = bench_tokens(Path(t), args.quick, args.model, args.max_length, args.layers,
+                                                        tiny_rows=max(200, 2 * n_train))
         if len(tokens["train"]["labels"]) < n_train:
             raise SystemExit(f"only {len(tokens['train']['labels'])} training rows; lower --steps")
         # exactly --steps full batches; one validation batch (its pass is subtracted from the loop's time)

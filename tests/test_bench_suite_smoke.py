@@ -1,4 +1,4 @@
-"""Smoke test of issue 14's benchmarks (bench/throughput.py, memory.py, search_scale.py, startup.py), each run with
+"""Smoke test of issue 14's benchmarks (bench/throughput.py, memory.py, search_scale.py, startup.py, prefix_cache.py), each run with
 --quick in a subprocess: it exits 0, prints its table and writes its JSON with the expected keys. None of them
 starts Ray in quick mode; the numbers are not judged (a loaded 2-core CI machine makes any timing meaningless)."""
 
@@ -22,6 +22,8 @@ CASES = {
                ("method", "peak_rss", "rss_before_train", "optimizer_state_bytes", "trainable_params")),
     "search_scale": ("search cost per trial", ("machine", "args", "summary", "runs", "sampler", "conventions"),
                      ("storage", "at_trials", "suggest_ms_median", "trial_ms_median", "trial_ms_mean_all")),
+    "prefix_cache": ("frozen-prefix cache", ("machine", "args", "summary", "samples", "knobs", "conventions"),
+                     ("method", "k", "frozen_layers", "speedup_train", "val_accuracy_cached")),
     "startup": ("CLI start-up", ("machine", "args", "summary", "samples", "bars_s", "conventions"),
                 ("command", "seconds", "bar", "ok")),
 }

@@ -49,15 +49,15 @@ def finished_job(tiny_model_dir, synthetic_csv, tmp_path_factory):
         search:
           space:
             methods:
-              full: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}}
+              full: {learning_rate: {low: 1.0e-4, high: 3.0e-3, log: true}, unfreeze_last_k: {choices: [null, 1]}}
               lora:
                 learning_rate: 1.0e-3
                 rank: {low: 2, high: 4}
                 layers: {choices: [[0], [7]]}
           initial_points:
             - {method: lora, knobs: {rank: 2, layers: [7]}}    # fails: the tiny model has 2 layers
-            - {method: full, knobs: {learning_rate: 3.0e-3}}   # learns
-            - {method: full, knobs: {learning_rate: 1.0e-4}}   # ~1/30 the rate: worse at rung 1, pruned
+            - {method: full, knobs: {learning_rate: 3.0e-3, unfreeze_last_k: null}}   # learns
+            - {method: full, knobs: {learning_rate: 1.0e-4, unfreeze_last_k: 1}}  # top layer, 1/30 the rate: pruned
         budget: {num_trials: 4, max_concurrent_trials: 1, max_consecutive_failures: 3}
         deploy: {int8: true}
     """)
@@ -100,6 +100,10 @@ def test_mlflow_parent_child_hierarchy(finished_job):
     assert "layer(s) [7] do not exist" in failed.data.tags["autotune.error"]
     assert failed.data.params["lora.layers"] == "[7]"
     assert all(c.info.status == "KILLED" for c in by_status["pruned"])
+    # the top-layer-only trial started from cached outputs of the frozen bottom layer (training/prefix.py)
+    top_only = [c for c in children if c.data.params.get("full.unfreeze_last_k") == "1"]
+    assert top_only and all(c.data.metrics["cached_prefix_layers"] == 1 for c in top_only)
+    assert all(c.data.metrics.get("cached_prefix_layers", 0) == 0 for c in children if c not in top_only)
     finished = by_status["finished"]
     assert finished and all(c.info.status == "FINISHED" for c in finished)
     history = client.get_metric_history(finished[0].info.run_id, "val_loss")

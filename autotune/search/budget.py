@@ -62,7 +62,9 @@ class SearchClock:
         return self.job_deadline is not None or self.search_deadline is not None
 
     def observe(self, method: str, result: dict, seconds_since_start: float) -> None:
-        full_model = not result.get("cached_features")  # a head on cached features says nothing of a model pass
+        # a head on cached features, or a trial starting from cached frozen-layer outputs, says nothing of the
+        # cost of a whole-model pass (what validate and deploy run)
+        full_model = not result.get("cached_features") and not result.get("cached_prefix_layers")
         if "setup_seconds" in result and full_model:
             self.setup_s.append(float(result["setup_seconds"]))
         if "eval_seconds" in result and full_model:

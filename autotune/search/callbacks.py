@@ -21,7 +21,7 @@ from autotune.tracking.mlflow_tracker import KNOBS_TAG, NOTE_TAG, STATUS_TAG, TR
 
 LOGGED_METRICS = (
     "val_accuracy", "val_macro_f1", "val_loss", "train_loss", "trainable_params", "optimizer_state_bytes",
-    "epoch", "examples", "seconds", "samples_per_s",
+    "epoch", "examples", "seconds", "samples_per_s", "cached_prefix_layers",
 )
 
 

@@ -3,6 +3,7 @@ report every rung (with a checkpoint of the trained tensors) so ASHA can stop we
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -64,8 +65,14 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
         prepared.load_trainable_state(restored)
     if spec.gpus > 0 and torch.cuda.is_available():
         prepared.model.to("cuda")  # Ray set CUDA_VISIBLE_DEVICES to this trial's (share of a) GPU
-    setup_seconds = time.perf_counter() - setup_start  # model load + method apply (budget planning)
     cached = bool(method.frozen_encoder and spec.cache_features)
+    prefix = None
+    if not cached and spec.cache_features and method.trains:  # upper layers only: start from the frozen bottom's output
+        from autotune.training.features import cache_key
+        from autotune.training.prefix import enable
+
+        data, prefix = enable(prepared, data, spec.training.eval_batch_size, key=cache_key(spec.model, data))
+    setup_seconds = time.perf_counter() - setup_start  # model load + method apply + caches (budget planning)
     if cached:  # the encoder never changes: train the head on its output
         from autotune.methods.base import Prepared
         from autotune.training.features import feature_splits, head_on_features
@@ -87,7 +94,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
                        "step": int(metrics["step"]), "metrics": metrics, **extra}, fh)
             tune.report(dict(metrics, method=method_name, setup_seconds=setup_seconds, cached_features=cached,
-                             **where, **extra),
+                             cached_prefix_layers=prefix.depth if prefix is not None else 0, **where, **extra),
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
     if not method.trains:  # fitted in apply() (zero_shot): no optimizer step, one evaluation, one rung
@@ -98,8 +105,9 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
         # a resumed job counts its budget anew (its trials keep their plan); a head on cached features is
         # slow only in its first epoch (rows are encoded as they come), so its pace would mislead the plan
         deadline = None
-    train(prepared, data, training, params.learning_rate, spec.seed, on_rung, start_step=start_step,
-          deadline=deadline)
+    with prefix.skipping_bottom() if prefix is not None else contextlib.nullcontext():
+        train(prepared, data, training, params.learning_rate, spec.seed, on_rung, start_step=start_step,
+              deadline=deadline)
 
 
 def trial_training(training: TrainingConfig, params) -> TrainingConfig:

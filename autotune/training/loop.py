@@ -40,6 +40,14 @@ def batches(split: dict[str, Any], batch_size: int, order=None):
             continue
         mask = torch.as_tensor(split["attention_mask"][sel])
         width = max(1, int(mask.sum(1).max()))
+        if "hidden" in split:  # cached outputs of the frozen bottom layers (training/prefix.py), one per row
+            rows = [split["hidden"][i] for i in sel]
+            hidden = rows[0].new_zeros((len(rows), width, rows[0].shape[-1]))
+            for j, row in enumerate(rows):
+                hidden[j, : row.shape[0]] = row
+            yield {"inputs_embeds": hidden, "attention_mask": mask[:, :width],
+                   "labels": torch.as_tensor(split["labels"][sel])}
+            continue
         yield {
             "input_ids": torch.as_tensor(split["input_ids"][sel])[:, :width],
             "attention_mask": mask[:, :width],

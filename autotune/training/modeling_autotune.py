@@ -45,8 +45,11 @@ class AutotuneForSequenceClassification(PreTrainedModel):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (batch, seq, 1)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, inputs_embeds=None,
+                **kwargs):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        if inputs_embeds is not None:
+            extra["inputs_embeds"] = inputs_embeds
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
         pooled = self.dropout(self.pool(out.last_hidden_state, attention_mask))
         logits = self.classifier(pooled)
