@@ -194,6 +194,9 @@ def compile_space(space: SearchSpace, source: str, prefix: str = "") -> tuple[Co
         mine: list[str] = []  # this method's problems (later methods are checked even if earlier ones fail)
         for knob_name, spec in (knobs or {}).items():
             kpath = f"{mpath}.{knob_name}"
+            if knob_name == "layers" and isinstance(spec, dict) and set(spec) == {"importance_top_k"}:
+                # `layers: {importance_top_k: ...}`: the probe's top k layers, k fixed or searched
+                knob_name, spec, kpath = "importance_top_k", spec["importance_top_k"], f"{kpath}.importance_top_k"
             if knob_name not in fields:
                 mine.append(f"{source}: {kpath}: unknown knob for method {method_name} (allowed: {', '.join(fields)})")
                 continue

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from autotune.methods.base import Method, Prepared, check_layers
+from autotune.methods.base import Method, Prepared, layers_of
 from autotune.methods.lora import AdapterPlacement, resolve_targets
 
 
@@ -88,7 +88,7 @@ class AdaLoraMethod(Method):
     def apply(self, model, params: AdaLoraParams, ctx):
         from peft import AdaLoraConfig, get_peft_model
 
-        layers = check_layers("adalora", params.layers, model)
+        layers = layers_of("adalora", params, model)
         targets = resolve_targets("adalora", model, params.target_modules, params.target_preset)
         total, tinit, tfinal = schedule_steps(params, ctx.total_steps)
         config = AdaLoraConfig(

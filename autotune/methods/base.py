@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -26,6 +26,39 @@ class MethodParams(BaseModel):
         None, gt=0, le=1000, description="Passes over the training split for this trial. null = training.epochs."
     )
     batch_size: int | None = Field(None, ge=1, le=4096, description="Training batch size of this trial. null = training.batch_size.")
+
+
+class LayerChoice(MethodParams):
+    """Knobs of a method that can be limited to some encoder layers: by index, or the k layers the job's
+    layer-importance probe ranked highest (search/layer_probe.py; in a space: `layers: {importance_top_k: ...}`)."""
+
+    layers: list[int] | None = Field(None, min_length=1, description="0-based encoder layers to train / adapt (null = all).")
+    importance_top_k: int | None = Field(
+        None, ge=1, le=1000,
+        description="Train / adapt only the k encoder layers the layer-importance probe ranks highest (gradient "
+                    "energy per weight on a few training batches, computed once per job before the search).")
+
+    @model_validator(mode="after")
+    def _one_layer_choice(self):
+        if self.layers is not None and self.importance_top_k is not None:
+            raise ValueError("give either layers or importance_top_k, not both")
+        return self
+
+
+def resolve_importance(method: str, params: MethodParams, ranking: list[int] | None) -> MethodParams:
+    """`importance_top_k: k` -> `layers:` the probe's top k (sorted), so the trial records - and validate and
+    deploy rebuild - concrete layers. Other params are returned as they are."""
+    k = getattr(params, "importance_top_k", None)
+    if k is None:
+        return params
+    from autotune.errors import TrialFailed
+
+    if not ranking:
+        raise TrialFailed(f"{method}.importance_top_k needs the layer-importance ranking, which the tune stage "
+                          f"computes before the search; this trial was started without it")
+    if k > len(ranking):
+        raise TrialFailed(f"{method}.importance_top_k: {k} is more layers than the model has ({len(ranking)})")
+    return params.model_copy(update={"layers": sorted(ranking[:k]), "importance_top_k": None})
 
 
 class Prepared:
@@ -147,6 +180,16 @@ def check_layers(method: str, layers: list[int] | None, model: "nn.Module") -> l
     if bad:
         raise TrialFailed(f"{method}.layers: layer(s) {bad} do not exist (the model has {n} layers: 0..{n - 1})")
     return chosen
+
+
+def layers_of(method: str, params: MethodParams, model: "nn.Module") -> list[int] | None:
+    """The params' `layers`, checked against the model; an unresolved `importance_top_k` is refused (the trial
+    resolves it into `layers` with resolve_importance before apply)."""
+    if getattr(params, "importance_top_k", None) is not None:
+        from autotune.errors import TrialFailed
+
+        raise TrialFailed(f"{method}.importance_top_k was not resolved into layers (resolve_importance)")
+    return check_layers(method, params.layers, model)
 
 
 def freeze_all(model: "nn.Module") -> None:

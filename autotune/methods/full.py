@@ -8,23 +8,22 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from autotune.methods.base import (Method, MethodParams, Prepared, check_layers, encoder_layers, freeze_all,
+from autotune.methods.base import (LayerChoice, Method, Prepared, encoder_layers, freeze_all, layers_of,
                                    unfreeze_head)
 
 
-class FullParams(MethodParams):
+class FullParams(LayerChoice):
     learning_rate: float = Field(3e-5, gt=0, le=1.0, description="Peak AdamW learning rate.")
     unfreeze_last_k: int | None = Field(
         None, ge=1, description="Train only the last k encoder layers (and the head). null = all layers + embeddings."
-    )
-    layers: list[int] | None = Field(
-        None, min_length=1, description="Explicit 0-based encoder layer indices to train (and the head)."
     )
 
     @model_validator(mode="after")
     def _one_selector(self):
         if self.unfreeze_last_k is not None and self.layers is not None:
             raise ValueError("give either unfreeze_last_k or layers, not both")
+        if self.unfreeze_last_k is not None and self.importance_top_k is not None:
+            raise ValueError("give either unfreeze_last_k or importance_top_k, not both")
         return self
 
 
@@ -35,13 +34,13 @@ class FullMethod(Method):
     Params = FullParams
 
     def apply(self, model, params: FullParams, ctx):
-        if params.unfreeze_last_k is None and params.layers is None:
+        if params.unfreeze_last_k is None and params.layers is None and params.importance_top_k is None:
             for p in model.parameters():
                 p.requires_grad_(True)
             return Prepared(model, describe="all weights")
         layers = encoder_layers(model)
         n = len(layers)
-        chosen = check_layers("full", params.layers, model)
+        chosen = layers_of("full", params, model)
         if chosen is None:
             chosen = list(range(max(0, n - params.unfreeze_last_k), n))
         freeze_all(model)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autotune.methods.base import Method, check_layers
+from autotune.methods.base import Method, layers_of
 from autotune.methods.lora import AdapterPlacement, LoraPrepared, resolve_targets, unfreeze_peft_head
 
 
@@ -31,7 +31,7 @@ def lycoris_common(method: str, model, params: LycorisParams) -> dict:
         r=params.rank, alpha=params.alpha, rank_dropout=params.rank_dropout, module_dropout=params.module_dropout,
         # a list of names, as for lora: peft's layers_to_transform is ignored with a regex
         target_modules=resolve_targets(method, model, params.target_modules, params.target_preset),
-        layers_to_transform=check_layers(method, params.layers, model),
+        layers_to_transform=layers_of(method, params, model),
     )
 
 

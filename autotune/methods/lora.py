@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from autotune.errors import TrialFailed
-from autotune.methods.base import Method, MethodParams, Prepared, check_layers
+from autotune.methods.base import LayerChoice, Method, Prepared, layers_of
 
 DEFAULT_TARGETS = ["query", "value"]
 Preset = Literal["attention_qv", "attention_all", "all_linear"]
@@ -38,7 +38,7 @@ PRESETS: dict[str, dict[str, list[str]]] = {
 FAMILY_MARKERS = {"bert": {"query", "key", "value"}, "distilbert": {"q_lin", "k_lin", "v_lin"}}
 
 
-class AdapterPlacement(MethodParams):
+class AdapterPlacement(LayerChoice):
     """Where an adapter goes - modules by name or by role, and which encoder layers: lora and its descendants."""
 
     target_modules: list[str] | None = Field(
@@ -48,7 +48,6 @@ class AdapterPlacement(MethodParams):
     target_preset: Preset | None = Field(
         None, description="Modules to adapt by role instead of by name: attention_qv (query, value), attention_all "
                           "(query, key, value, attention output), all_linear (every linear layer of the blocks).")
-    layers: list[int] | None = Field(None, min_length=1, description="0-based encoder layers to adapt (null = all).")
 
     @model_validator(mode="after")
     def _one_way_to_target(self):
@@ -116,7 +115,7 @@ class LoraMethod(Method):
     def apply(self, model, params: LoraParams, ctx):
         from peft import LoraConfig, get_peft_model
 
-        layers = check_layers("lora", params.layers, model)
+        layers = layers_of("lora", params, model)
         targets = resolve_targets("lora", model, params.target_modules, params.target_preset)
         init = True if params.init == "default" else params.init
         config = LoraConfig(

@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from autotune.errors import TrialFailed
-from autotune.methods.base import Method, Prepared, check_layers
+from autotune.methods.base import Method, Prepared, layers_of
 from autotune.methods.lora import LoraParams, resolve_targets, unfreeze_peft_head
 
 
@@ -110,7 +110,7 @@ class QLoraMethod(Method):
         import torch
         from peft import LoraConfig, get_peft_model
 
-        layers = check_layers("qlora", params.layers, model)
+        layers = layers_of("qlora", params, model)
         targets = resolve_targets("qlora", model, params.target_modules, params.target_preset)
         quantize_linears(model.encoder, params.quant_type, params.double_quant, getattr(torch, params.compute_dtype))
         model.to("cuda")  # moving Params4bit to the GPU is what quantizes them

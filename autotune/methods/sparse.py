@@ -6,9 +6,9 @@ on the deltas only (it pulls them back to the pretrained values) - a frozen entr
 The weight seen in forward is `W0 + scatter(delta)` through `torch.nn.utils.parametrize`; export folds
 the deltas in. The classifier head trains densely (it is new).
 
-Eligible: every 2-D weight of the encoder's layers (embeddings are excluded). Selection scores each entry
-by |W| (magnitude), accumulated |grad| over a few training batches (gradient, as SIFT), accumulated
-squared gradients over a few batches (fisher: the empirical diagonal Fisher information over mini-batches,
+Eligible: every 2-D weight of the encoder's layers, or of `layers` / the probe's top `importance_top_k`
+(embeddings are excluded). Selection scores each entry by |W| (magnitude), accumulated |grad| over a few
+training batches (gradient, as SIFT), accumulated squared gradients over a few batches (fisher: the empirical diagonal Fisher information over mini-batches,
 as FISH Mask), or a seeded random draw. The mask is chosen once, before training (static). The budget of
 k = round((1 - sparsity) x eligible) entries is spent on the top scores over all tensors together
 (global) or split between tensors in proportion to their sizes (per_tensor; largest remainders, so the
@@ -23,10 +23,10 @@ from typing import Literal
 from pydantic import Field
 
 from autotune.errors import TrialFailed
-from autotune.methods.base import Method, MethodParams, Prepared, encoder_layers, freeze_all, unfreeze_head
+from autotune.methods.base import LayerChoice, Method, Prepared, encoder_layers, freeze_all, layers_of, unfreeze_head
 
 
-class SparseParams(MethodParams):
+class SparseParams(LayerChoice):
     learning_rate: float = Field(1e-3, gt=0, le=1.0, description="Peak AdamW learning rate for the deltas.")
     sparsity: float = Field(0.99, ge=0.0, le=0.99999, description="Fraction of eligible weights kept frozen.")
     selection: Literal["magnitude", "gradient", "fisher", "random"] = Field(
@@ -97,7 +97,10 @@ class SparseMethod(Method):
         from torch.nn.utils import parametrize
 
         targets = []
-        for layer in encoder_layers(model):
+        chosen = layers_of("sparse", params, model)  # null: every layer is eligible
+        for i, layer in enumerate(encoder_layers(model)):
+            if chosen is not None and i not in chosen:
+                continue
             for module in layer.modules():
                 w = getattr(module, "weight", None)
                 if isinstance(w, torch.nn.Parameter) and w.ndim == 2:

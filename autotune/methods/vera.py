@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from autotune.methods.base import Method, check_layers
+from autotune.methods.base import Method, layers_of
 from autotune.methods.lora import AdapterPlacement, LoraPrepared, resolve_targets, unfreeze_peft_head
 
 
@@ -36,7 +36,7 @@ class VeraMethod(Method):
     def apply(self, model, params: VeraParams, ctx):
         from peft import VeraConfig, get_peft_model
 
-        layers = check_layers("vera", params.layers, model)
+        layers = layers_of("vera", params, model)
         targets = resolve_targets("vera", model, params.target_modules, params.target_preset)
         config = VeraConfig(
             r=params.rank, d_initial=params.d_initial, vera_dropout=params.dropout, target_modules=targets,

@@ -54,8 +54,11 @@ def run(ctx: JobContext) -> TuneResult:
     if clock.budgeted:
         ctx.console.print(f"budget: the search may run {clock.left():.0f} s (validate and deploy get "
                           f"~{clock.reserve_s():.0f} s after it; re-estimated from the trials as they report)")
+    from autotune.search.layer_probe import for_job
+
+    ranking = for_job(ctx, tokens)  # only when the space asks for `importance_top_k`
     outcome = run_search(ctx.job, pre.labels, tokens, ctx.tracker, ctx.parent_run_id, ctx.console,
-                         address=ctx.address, resume=ctx.resume, clock=clock)
+                         address=ctx.address, resume=ctx.resume, clock=clock, layer_ranking=ranking)
     ctx.search_ended_at = time.time()  # what comes after is what the next job's budget plan reserves for
     seconds = time.time() - start
     rows = [

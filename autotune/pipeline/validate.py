@@ -73,13 +73,23 @@ def bootstrap_macro_f1_ci(labels, preds, num_labels: int, n_samples: int, seed: 
 
 
 def load_best(ctx: JobContext, checkpoint: str, method: str, knobs: dict):
+    """The trained model of a checkpoint: base model + method + trained tensors. The knobs are the ones the
+    trial recorded in its checkpoint (e.g. the concrete `layers` an `importance_top_k` stood for), else `knobs`."""
+    import json
+    from pathlib import Path
+
     from safetensors.torch import load_file
 
-    from autotune.search.trainable import STATE_FILE
+    from autotune.search.trainable import RECORD_FILE, STATE_FILE
     from autotune.training.model import rebuild_trained
 
     pre = ctx.results["preprocess"]
     state = load_file(f"{checkpoint}/{STATE_FILE}")
+    record = Path(checkpoint) / RECORD_FILE
+    if record.is_file():
+        rec = json.loads(record.read_text())
+        if rec.get("method") == method and isinstance(rec.get("knobs"), dict):
+            knobs = rec["knobs"]
     return rebuild_trained(ctx.job.config.model, pre.labels, method, knobs, state)
 
 

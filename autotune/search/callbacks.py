@@ -175,6 +175,8 @@ class TrialBook(Callback):
             rec.best = dict(rec.metrics)
             if self.tracker is not None and rec.run_id:
                 self.tracker.set_tags(rec.run_id, {BEST_TAG: json.dumps(rec.best)})
+        if self.tracker is not None and rec.run_id and step == 1 and result.get("layers_trained"):
+            self.tracker.set_tags(rec.run_id, {"autotune.layers_trained": result["layers_trained"]})  # importance_top_k
         if self.tracker is not None and rec.run_id and result.get("node_id") and result["node_id"] != rec.node:
             rec.node = result["node_id"]  # where it ran (again after a retry on another node)
             rec.node_ips.append(str(result.get("node_ip")))

@@ -31,6 +31,7 @@ class TrialSpec:
     cpus: float
     gpus: float = 0.0
     cache_features: bool = True  # methods with a frozen encoder train on cached pooled features
+    layer_ranking: list[int] | None = None  # the layer-importance probe's ranking (importance_top_k), if any
 
 
 def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str, Any]]) -> None:
@@ -39,6 +40,7 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     from safetensors.torch import save_file
 
     from autotune.methods import ApplyContext, get_method
+    from autotune.methods.base import resolve_importance
     from autotune.training.loop import batches, evaluate_only, rung_steps, train
     from autotune.training.model import build_model
 
@@ -50,6 +52,10 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
     method_name, knobs = spec.space.decode(config)
     method = get_method(method_name)
     params = method.Params(**knobs)  # raises on a bad knob combination: the trial fails, the search goes on
+    resolved = resolve_importance(method_name, params, spec.layer_ranking)  # importance_top_k -> concrete layers
+    # the layers an importance_top_k stood for, reported with each rung (MLflow tag autotune.layers_trained)
+    chosen = {"layers_trained": json.dumps(resolved.layers)} if resolved is not params else {}
+    params = resolved
     training = trial_training(spec.training, params)
 
     torch.manual_seed(spec.seed)  # same head init for every trial of the job
@@ -94,7 +100,8 @@ def run_trial(config: dict[str, Any], spec: TrialSpec, data: dict[str, dict[str,
                 json.dump({"method": method_name, "knobs": params.model_dump(mode="json"), "rung": rung,
                        "step": int(metrics["step"]), "metrics": metrics, **extra}, fh)
             tune.report(dict(metrics, method=method_name, setup_seconds=setup_seconds, cached_features=cached,
-                             cached_prefix_layers=prefix.depth if prefix is not None else 0, **where, **extra),
+                             cached_prefix_layers=prefix.depth if prefix is not None else 0, **where, **chosen,
+                             **extra),
                         checkpoint=tune.Checkpoint.from_directory(tmp))
 
     if not method.trains:  # fitted in apply() (zero_shot): no optimizer step, one evaluation, one rung

@@ -195,7 +195,8 @@ class SearchInterrupted(KeyboardInterrupt):
 
 
 def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, parent_run_id: str | None,
-               console=None, address: str | None = None, resume: bool = False, clock=None) -> SearchOutcome:
+               console=None, address: str | None = None, resume: bool = False, clock=None,
+               layer_ranking: list[int] | None = None) -> SearchOutcome:
     import signal
     import time
 
@@ -218,7 +219,8 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     book.rung_log = job.output_dir / "rungs.jsonl"
     guard = FailureGuard(book, cfg.budget.max_consecutive_failures, clock=clock)
     spec = TrialSpec(cfg.model, cfg.training, job.space, labels, cfg.seed,
-                     cfg.budget.resources_per_trial.cpu, cfg.budget.resources_per_trial.gpu)
+                     cfg.budget.resources_per_trial.cpu, cfg.budget.resources_per_trial.gpu,
+                     layer_ranking=layer_ranking)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, spec=spec, data=tokenized),
         {"cpu": cfg.budget.resources_per_trial.cpu, "gpu": cfg.budget.resources_per_trial.gpu,
