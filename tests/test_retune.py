@@ -7,7 +7,6 @@ at once (file lock; PostgreSQL advisory lock across two folders), and a cycle ki
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import conftest
 from tests.conftest import synthetic_rows
 
 pytestmark = pytest.mark.ray
@@ -26,11 +26,7 @@ DAY = 86400.0
 
 
 def write_csv(path: Path, rows) -> Path:
-    with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["review", "sentiment"])
-        w.writerows(rows)
-    return path
+    return conftest.write_csv(path, rows, header=("review", "sentiment"))
 
 
 def retune_job(tmp_path: Path, model_dir: Path, data: Path, name: str = "nightly", extra: str = "") -> Path:

@@ -324,7 +324,9 @@ def load_job(path: str | Path, data_missing_ok: bool = False) -> ResolvedJob:
         raise _capped(exc) from None
 
 
-def _load_job(job_path: Path, data_missing_ok: bool = False) -> ResolvedJob:
+def read_job_config(job_path: Path) -> tuple[JobConfig, list[str], list[str]]:
+    """(settings, YAML issues, problems of the settings' limits) of a job file, before its search space and
+    data are looked at; a file that is not a mapping of valid settings raises ConfigError."""
     src = str(job_path)
     issues: list[str] = []  # duplicate keys, .inf: reported with the models' problems
     raw = read_yaml(job_path, issues)
@@ -334,8 +336,33 @@ def _load_job(job_path: Path, data_missing_ok: bool = False) -> ResolvedJob:
         config = JobConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_merge(issues, format_pydantic(exc, src, model=JobConfig), src)) from None
+    return config, issues, _limit_problems(config, src)
 
-    problems: list[str] = _limit_problems(config, src)
+
+def data_path_problems(config: JobConfig, job_path: Path, data_missing_ok: bool = False) -> tuple[Path | None, list[str]]:
+    """(resolved data.path or None, problems): the file must exist (unless data_missing_ok), be a regular
+    file and have a format AutoTune reads."""
+    src = str(job_path)
+    problems: list[str] = []
+    if config.data.path is None:
+        return None, problems
+    data_path = (job_path.resolve().parent / config.data.path).resolve()
+    if not data_path.exists():
+        if not data_missing_ok:
+            problems.append(f"{src}: data.path: file not found (got {show(config.data.path)}, resolved to {data_path})")
+    elif not data_path.is_file():
+        kind = _file_kind(data_path.stat().st_mode)
+        problems.append(f"{src}: data.path: must be a regular file (got a {kind}: {show(config.data.path)}, resolved to {data_path})")
+    else:
+        fmt = config.data.format if config.data.format != "auto" else format_of(data_path)
+        if fmt is None:
+            problems.append(f"{src}: data.path: extension must be .csv, .jsonl, .json or .parquet, or set data.format (got {show(data_path.name)})")
+    return data_path, problems
+
+
+def _load_job(job_path: Path, data_missing_ok: bool = False) -> ResolvedJob:
+    src = str(job_path)
+    config, issues, problems = read_job_config(job_path)
     job_dir = job_path.resolve().parent
     # --- the search space: a file reference or inline -----------------------------------------------
     if isinstance(config.search.space, str):
@@ -376,19 +403,8 @@ def _load_job(job_path: Path, data_missing_ok: bool = False) -> ResolvedJob:
                 continue
             problems += _point_in_space(space, point, f"{where}.knobs")
     # --- data file must exist ------------------------------------------------------------------------
-    data_path = None
-    if config.data.path is not None:
-        data_path = (job_dir / config.data.path).resolve()
-        if not data_path.exists():
-            if not data_missing_ok:
-                problems.append(f"{src}: data.path: file not found (got {show(config.data.path)}, resolved to {data_path})")
-        elif not data_path.is_file():
-            kind = _file_kind(data_path.stat().st_mode)
-            problems.append(f"{src}: data.path: must be a regular file (got a {kind}: {show(config.data.path)}, resolved to {data_path})")
-        else:
-            fmt = config.data.format if config.data.format != "auto" else format_of(data_path)
-            if fmt is None:
-                problems.append(f"{src}: data.path: extension must be .csv, .jsonl, .json or .parquet, or set data.format (got {show(data_path.name)})")
+    data_path, data_problems = data_path_problems(config, job_path, data_missing_ok)
+    problems += data_problems
     # --- resources must fit the scheduler's promise ----------------------------------------------------
     if config.scheduler.kind == "asha" and space is not None and config.scheduler.grace_period > _rungs(config, space):
         problems.append(
