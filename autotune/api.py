@@ -465,7 +465,8 @@ def ui_target(target: str | Path) -> UiTarget:
 
 def serve_ui(ui: UiTarget, host: str, port: int, on_ready, timeout_s: float = 300.0) -> int:
     """Run `mlflow server` on the job's store for one local user (one worker, no job consumers), call
-    `on_ready(url)` once /health answers, and wait until it exits or Ctrl-C. Returns its exit status."""
+    `on_ready(url)` once /health answers, and wait until it exits, Ctrl-C, SIGTERM or SIGHUP (each stops the
+    server, which runs in its own session, before returning). Returns its exit status (0 when stopped)."""
     import signal
     import socket
     import subprocess
@@ -504,6 +505,15 @@ def serve_ui(ui: UiTarget, host: str, port: int, on_ready, timeout_s: float = 30
                 proc.wait()
         return proc.returncode
 
+    def terminated(signum, frame):  # `kill`, systemd, a closed terminal: stop the server as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, terminated)
+        except ValueError:  # not the main thread: the caller owns signal handling
+            pass
     health = f"http://{'[' + local + ']' if ':' in local else local}:{port}"
     try:
         deadline = time.time() + timeout_s
@@ -531,3 +541,5 @@ def serve_ui(ui: UiTarget, host: str, port: int, on_ready, timeout_s: float = 30
     finally:
         stop()
         log.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

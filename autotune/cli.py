@@ -185,6 +185,9 @@ def ui(
 
     def ready(url: str, log: str | None) -> None:
         typer.echo(f"MLflow UI: {url}" + (f"  (server log: {log}; Ctrl-C to stop)" if log else ""))
+        # MLflow's runs table starts with the trials folded under the job's run and no metric columns
+        typer.echo("  in the runs table: expand the job's run (+) to list its trials; add metric columns such as "
+                   "val_accuracy with the Columns button")
 
     with _user_errors():
         target_info = api.ui_target(target)

@@ -261,7 +261,7 @@ def test_folder_copied_moved_and_archived(job, tmp_path):
         assert not any("huey" in c for c in cmdlines), cmdlines  # no job consumers
         assert len(procs) <= 2, cmdlines  # mlflow's launcher and one uvicorn worker
     finally:
-        ui.send_signal(signal.SIGINT)
+        ui.send_signal(signal.SIGTERM)  # as `kill` or systemd would: the MLflow server must not outlive it
         try:
             ui.wait(timeout=60)
         except subprocess.TimeoutExpired:
