@@ -2,7 +2,7 @@
 
 Every large 2-D weight (linear layers and embeddings) is stored as int8 with one float32 scale per output
 row (symmetric, scale = max|w| / 127); everything else stays float32. Loading dequantizes to float32, so
-inference code is unchanged; the saving is on disk and in download size. We avoid torch's
+inference code is unchanged (the artifact's modeling_autotune.py does it: `from_int8`, no autotune needed); the saving is on disk and in download size. We avoid torch's
 `quantize_dynamic` (deprecated quantized-tensor APIs) and keep the file safetensors, never pickles.
 """
 
@@ -29,14 +29,9 @@ def quantize_state(state: dict) -> dict:
 
 
 def dequantize_state(tensors: dict) -> dict:
-    state = {}
-    for name, t in tensors.items():
-        if name.endswith(".int8"):
-            base = name[: -len(".int8")]
-            state[base] = t.float() * tensors[f"{base}.scale"][:, None]
-        elif not name.endswith(".scale"):
-            state[name] = t
-    return state
+    from autotune.training.modeling_autotune import dequantize_state as shipped  # the artifact's own copy
+
+    return shipped(tensors)
 
 
 def save_int8(model, out: Path) -> Path:

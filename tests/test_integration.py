@@ -202,9 +202,32 @@ def test_deployed_predictions_equal_validate(finished_job):
     assert 0.0 <= out["int8_test_accuracy"] <= 1.0
     manifest = json.loads((Path(summary["artifact"]) / "MANIFEST.json").read_text())
     assert "model.int8.safetensors" in manifest["files"]
-    load_int8(Path(summary["artifact"]))
+    ours = load_int8(Path(summary["artifact"]))
     card = (Path(summary["artifact"]) / "README.md").read_text()
     assert "accuracy" in card and summary["method"] in card
+    assert "type(m).from_int8(PATH)" in card  # the card says how to load the int8 copy with stock tools
+    # ... and it does: transformers + the artifact's own modeling file, AutoTune not importable
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["autotune"] = None  # the artifact must load without AutoTune
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        path = {str(summary["artifact"])!r}
+        m8 = type(AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)).from_int8(path)
+        enc = AutoTokenizer.from_pretrained(path)(["good film", "a dull plot"], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            print(json.dumps(m8(**enc).logits.tolist()))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          cwd=Path(summary["artifact"]).parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import torch
+    from transformers import AutoTokenizer
+
+    enc = AutoTokenizer.from_pretrained(summary["artifact"])(["good film", "a dull plot"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want = ours(**enc).logits
+    assert torch.allclose(torch.tensor(json.loads(proc.stdout.strip().splitlines()[-1])), want, atol=1e-6)
 
 
 def test_champion_comparison_and_failed_gate(finished_job, tiny_model_dir, synthetic_csv, tmp_path):

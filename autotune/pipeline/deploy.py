@@ -351,4 +351,6 @@ def _int8_card(int8_bytes, int8_acc) -> str:
     if not int8_bytes:
         return ""
     return (f"## int8 copy\n`model.int8.safetensors`: weight-only int8 (per-row scales), {int8_bytes / 1e6:.1f} MB, "
-            f"test accuracy {int8_acc:.4f}. Load with `autotune.quantize.load_int8(PATH)`.\n")
+            f"test accuracy {int8_acc:.4f}. Load it with stock transformers (no autotune needed): "
+            f"`m = AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True); "
+            f"m8 = type(m).from_int8(PATH)` (dequantized to float32).\n")

@@ -5,9 +5,10 @@ with mean pooling; the stock head reads the [CLS] pooler instead and, trained al
 what the same frozen encoder gives with mean pooling. A head-only baseline that is unfair to the encoder
 makes every comparison against it meaningless, so pooling is a setting (`mean` by default).
 
-This file is self-contained (torch + transformers only): the deploy stage copies it into the artifact so
-that a plain transformers user can load it with
-`AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`.
+This file is self-contained (torch + transformers + safetensors only): the deploy stage copies it into the
+artifact so that a plain transformers user can load it with
+`AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`, and the weight-only int8
+copy (deploy.int8) with `type(model).from_int8(path)` on the class that call returns.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ class AutotuneForSequenceClassification(PreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @classmethod
+    def from_int8(cls, path, int8_file: str = "model.int8.safetensors"):
+        """The model with its weights read from the artifact's weight-only int8 file (each large 2-D weight as
+        int8 with one float32 scale per row, dequantized to float32 here): config from `path`, no float weights
+        read. With stock transformers: `m = AutoModelForSequenceClassification.from_pretrained(path,
+        trust_remote_code=True); m8 = type(m).from_int8(path)` - or the class from this file directly."""
+        import os
+
+        from safetensors.torch import load_file
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, trust_remote_code=True)
+        model = cls(config)
+        model.load_state_dict(dequantize_state(load_file(os.path.join(str(path), int8_file))))
+        return model.eval()
+
     def _init_weights(self, module):
         if isinstance(module, nn.Linear) and module is getattr(self, "classifier", None):
             nn.init.normal_(module.weight, std=getattr(self.config, "initializer_range", 0.02))
@@ -57,3 +74,15 @@ class AutotuneForSequenceClassification(PreTrainedModel):
         if labels is not None:
             loss = nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def dequantize_state(tensors: dict) -> dict:
+    """`name.int8` (int8) + `name.scale` (float32 per row) -> float32 `name`; other tensors as they are."""
+    state = {}
+    for name, t in tensors.items():
+        if name.endswith(".int8"):
+            base = name[: -len(".int8")]
+            state[base] = t.float() * tensors[f"{base}.scale"][:, None]
+        elif not name.endswith(".scale"):
+            state[name] = t
+    return state
