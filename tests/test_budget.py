@@ -92,8 +92,11 @@ def test_clock_reserves_time_for_validate_and_deploy_from_what_trials_measure():
     assert clock.reserve_s() > before  # slower model, bigger reserve
     assert clock.deadline() == pytest.approx(now + 300 - clock.reserve_s())
     assert clock.can_start_trial()
-    clock.first_rung_s["head"] = clock.left() + 5  # the cheapest first rung no longer fits
-    assert not clock.can_start_trial()
+    clock.first_rung_s["head"] = 1.0
+    clock.first_rung_s["full"] = clock.left() - 5
+    assert clock.can_start_trial()
+    clock.first_rung_s["full"] = clock.left() + 5  # the slowest method's first rung no longer fits
+    assert not clock.can_start_trial()  # the next trial may be a full one: none starts
     assert SearchClock().deadline() is None and SearchClock().can_start_trial()
 
 
