@@ -6,7 +6,15 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
-COLOURS = {"head": "tab:blue", "full": "tab:red", "lora": "tab:green", "sparse": "tab:purple"}
+def colour(method: str) -> str:
+    """A method's colour in every plot: its place in the registry (built-ins first, plugins after) on a
+    10-colour cycle, so a new method needs no entry here."""
+    from autotune.methods import REGISTRY
+
+    names = list(REGISTRY)
+    return f"C{names.index(method) % 10}" if method in names else "gray"
+
+
 MARKERS = {"finished": "o", "pruned": "x", "failed": "v"}
 
 
@@ -26,7 +34,7 @@ def study_plots(ctx, result) -> list[Path]:
         v = r.metrics[metric]
         best = v if best is None else (max(best, v) if ctx.job.config.objective.mode == "max" else min(best, v))
         best_so_far.append((r.number, best))
-        kw = dict(color=COLOURS.get(r.method, "gray"), marker=MARKERS.get(r.status, "o"))
+        kw = dict(color=colour(r.method), marker=MARKERS.get(r.status, "o"))
         ax1.scatter(r.number, v, **kw)
         ax2.scatter(max(1, r.metrics.get("trainable_params", 1)), v, **kw)
     if best_so_far:
@@ -36,8 +44,8 @@ def study_plots(ctx, result) -> list[Path]:
     if front:
         ax2.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front")
         ax2.legend(fontsize=7)
-    for m, c in COLOURS.items():
-        ax1.scatter([], [], color=c, label=m)
+    for m in sorted({r.method for r in rows}):
+        ax1.scatter([], [], color=colour(m), label=m)
     for s, mk in MARKERS.items():
         ax1.scatter([], [], color="gray", marker=mk, label=s)
     ax1.set_xlabel("trial")
@@ -114,7 +122,7 @@ def _importances(ax, ctx, result) -> None:
         for knob, v in scores.items():
             labels.append(knob)
             values.append(v)
-            colours.append(COLOURS.get(method, "gray"))
+            colours.append(colour(method))
     if labels:
         ax.barh(labels, values, color=colours)
         ax.invert_yaxis()
