@@ -99,6 +99,7 @@ class AutotuneOptunaSearch(OptunaSearch):
             import optuna
 
             orphan = self.driver["orphans"].pop(0)  # its stored parameters come back from define-by-run
+            self._ot_study._thread_local.cached_all_trials = None  # as ask() does: the sampler reads the study anew
             self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphan._trial_id)
         config = super().suggest(trial_id)
         if isinstance(config, dict) and trial_id in self._ot_trials:

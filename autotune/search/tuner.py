@@ -51,7 +51,9 @@ def make_sampler(job: ResolvedJob):
         if cfg.kind == "tpe":
             # group=True models each method's knobs separately (a conditional space); constant_liar keeps
             # concurrent trials from being handed the same point.
-            return optuna.samplers.TPESampler(
+            from autotune.search.sampler import OneReadTPESampler
+
+            return OneReadTPESampler(
                 seed=seed, multivariate=True, group=True, constant_liar=True, n_startup_trials=cfg.n_startup_trials
             )
         if cfg.kind == "random":
