@@ -511,6 +511,8 @@ def serve_ui(ui: UiTarget, host: str, port: int, on_ready, timeout_s: float = 30
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue  # under nohup a closed terminal must not stop the UI
             previous[sig] = signal.signal(sig, terminated)
         except ValueError:  # not the main thread: the caller owns signal handling
             pass

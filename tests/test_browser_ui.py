@@ -91,7 +91,9 @@ def shots(tmp_path, request, driver):
             save(driver, f"FAILED-{request.node.name}")
 
 
-def _stop(proc: subprocess.Popen, sig=signal.SIGINT) -> None:
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    """SIGTERM, not SIGINT: a process started from a background job inherits SIGINT ignored (POSIX), and then
+    Ctrl-C's KeyboardInterrupt never comes; `autotune ui` handles SIGTERM itself."""
     if proc.poll() is None:
         proc.send_signal(sig)
         try:
@@ -112,7 +114,7 @@ def mlflow_ui(job):
     try:
         yield ui, port
     finally:
-        _stop(ui)  # Ctrl-C: autotune ui stops its mlflow server
+        _stop(ui)  # SIGTERM: autotune ui stops its mlflow server
 
 
 @pytest.fixture(scope="module")
