@@ -4,6 +4,7 @@ bench 4). No training: the objective is a cheap synthetic function of the sample
     python bench/search_scale.py [--trials 1000] [--checkpoints 100 1000] [--storages sqlite journal memory] \
         [--out bench/results/search_scale.json]
     python bench/search_scale.py --quick     # smoke run (CI): 50 trials, all three storages
+    python bench/search_scale.py --storages sqlite --samplers autotune optuna-tpe   # ours vs Optuna's own TPE
 
 AutoTune's own pieces, without Ray: the job is `pipelines/demo.yaml` loaded with `autotune.config.loader.load_job`;
 the sampler is `autotune.search.tuner.make_sampler(job)` (TPE, multivariate, group, constant liar, seeded); the
@@ -64,15 +65,29 @@ def make_storage(kind: str, folder: Path):
     return optuna.storages.InMemoryStorage()
 
 
-def run_study(job, kind: str, n_trials: int, folder: Path) -> dict:
+def sampler_for(job, which: str):
+    """AutoTune's sampler (make_sampler), or Optuna's own TPESampler with the same settings (side by side)."""
     import optuna
 
-    from autotune.search.tuner import make_sampler, startup_points
+    from autotune.search.tuner import make_sampler
+
+    sampler = make_sampler(job)
+    if which == "optuna-tpe" and isinstance(sampler, optuna.samplers.TPESampler):
+        cfg = job.config.sampler
+        return optuna.samplers.TPESampler(seed=job.config.seed, multivariate=True, group=True, constant_liar=True,
+                                          n_startup_trials=cfg.n_startup_trials)
+    return sampler
+
+
+def run_study(job, kind: str, n_trials: int, folder: Path, which: str = "autotune") -> dict:
+    import optuna
+
+    from autotune.search.tuner import startup_points
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     t0 = time.perf_counter()
-    study = optuna.create_study(study_name=f"bench-{kind}", storage=make_storage(kind, folder),
-                                sampler=make_sampler(job), direction="maximize")
+    study = optuna.create_study(study_name=f"bench-{kind}-{which}", storage=make_storage(kind, folder),
+                                sampler=sampler_for(job, which), direction="maximize")
     for point in startup_points(job):
         study.enqueue_trial(point)
     create_s = time.perf_counter() - t0
@@ -92,7 +107,7 @@ def run_study(job, kind: str, n_trials: int, folder: Path) -> dict:
         suggest_ms.append((s2 - s) * 1e3)
         trial_ms.append(((s2 - s) + (e - s3)) * 1e3)  # ask + space + tell (the objective itself not counted)
         methods[method] = methods.get(method, 0) + 1
-    return {"storage": kind, "trials": n_trials, "create_s": create_s, "suggest_ms": suggest_ms, "trial_ms": trial_ms,
+    return {"storage": kind, "sampler": which, "trials": n_trials, "create_s": create_s, "suggest_ms": suggest_ms, "trial_ms": trial_ms,
             "methods": methods, "best_value": study.best_value}
 
 
@@ -106,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=1000)
     ap.add_argument("--checkpoints", type=int, nargs="+", default=[100, 1000])
     ap.add_argument("--storages", nargs="+", choices=STORAGES, default=list(STORAGES))
+    ap.add_argument("--samplers", nargs="+", choices=["autotune", "optuna-tpe"], default=["autotune"],
+                    help="optuna-tpe: also Optuna's own TPESampler with the same settings, side by side")
     ap.add_argument("--quick", action="store_true", help="smoke run: 50 trials, all three storages")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "search_scale.json")
     args = ap.parse_args(argv)
@@ -123,39 +140,40 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory() as t:
         for kind in args.storages:
-            folder = Path(t) / kind
-            folder.mkdir()
-            s = time.perf_counter()
-            run = run_study(job, kind, args.trials, folder)
-            run["wall_s"] = time.perf_counter() - s
-            runs.append(run)
-            print(f"{kind}: {args.trials} trials in {run['wall_s']:.1f} s", flush=True)
+            for which in args.samplers:
+                folder = Path(t) / f"{kind}-{which}"
+                folder.mkdir()
+                s = time.perf_counter()
+                run = run_study(job, kind, args.trials, folder, which)
+                run["wall_s"] = time.perf_counter() - s
+                runs.append(run)
+                print(f"{kind} ({which}): {args.trials} trials in {run['wall_s']:.1f} s", flush=True)
 
     rows = []
     for run in runs:
         for n in checkpoints:
             sug, tri = window(run["suggest_ms"], n), window(run["trial_ms"], n)
-            rows.append({"storage": run["storage"], "at_trials": n,
+            rows.append({"storage": run["storage"], "sampler": run["sampler"], "at_trials": n,
                          "suggest_ms_median": statistics.median(sug), "suggest_ms_max": max(sug),
                          "trial_ms_median": statistics.median(tri), "trial_ms_min": min(tri), "trial_ms_max": max(tri),
                          "trial_ms_mean_all": statistics.fmean(run["trial_ms"][:n])})
     bar = None
     at = BAR_AT if BAR_AT in checkpoints else None
-    sq = [r for r in rows if r["storage"] == "sqlite" and r["at_trials"] == at]
+    sq = [r for r in rows if r["storage"] == "sqlite" and r["sampler"] == "autotune" and r["at_trials"] == at]
     if sq:
         bar = {"storage": "sqlite", "at_trials": at, "limit_ms": BAR_MS, "trial_ms_median": sq[0]["trial_ms_median"],
                "result": "PASS" if sq[0]["trial_ms_median"] < BAR_MS else "FAIL"}
 
     table = Table(title=f"search cost per trial, {job.config.sampler.kind.upper()} (make_sampler) on the demo space "
                         f"({', '.join(job.space.methods)}), synthetic objective")
-    for col in ("storage", "at trials", "ms/suggestion (median)", "ms/trial (median \\[min, max])", "ms/trial mean 0..N",
+    for col in ("storage", "sampler", "at trials", "ms/suggestion (median)", "ms/trial (median \\[min, max])", "ms/trial mean 0..N",
                 f"bar < {BAR_MS:.0f} ms @ {BAR_AT}"):
         table.add_column(col, justify="left" if col == "storage" else "right")
     for r in rows:
         mark = "n/a"
-        if bar and r["storage"] == "sqlite" and r["at_trials"] == BAR_AT:
+        if bar and r["storage"] == "sqlite" and r["sampler"] == "autotune" and r["at_trials"] == BAR_AT:
             mark = bar["result"]
-        table.add_row(r["storage"] + (" (default)" if r["storage"] == "sqlite" else ""), str(r["at_trials"]),
+        table.add_row(r["storage"] + (" (default)" if r["storage"] == "sqlite" else ""), r["sampler"], str(r["at_trials"]),
                       f"{r['suggest_ms_median']:.1f}",
                       f"{r['trial_ms_median']:.1f} [{r['trial_ms_min']:.1f}, {r['trial_ms_max']:.1f}]",
                       f"{r['trial_ms_mean_all']:.1f}", mark)
