@@ -34,7 +34,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import write_bench_report  # noqa: E402  (stdlib-only imports: cheap)
 
 DEFAULT_METHODS = ["full", "lora", "sparse:0.99", "sparse:0.999", "sparse:0.9999", "head"]
 QUICK_METHODS = ["sparse:0.99"]
@@ -177,12 +177,9 @@ def main(argv: list[str] | None = None) -> int:
                       mib(r["rss_before_train"]["median"]), f"{mib(p['median'])} [{mib(p['min'])}, {mib(p['max'])}]",
                       mib(r["training_added"]["median"]))
     Console(width=160).print(table)
-    report = {"machine": machine_info(), "args": args_json(args),
-              "methods": methods, "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "summary": rows,
-              "samples": samples,
-              "conventions": "bytes; peak_rss = ru_maxrss x 1024 of a fresh child process (Linux reports KiB); "
-                             "optimizer_state_bytes = AdamW moment tensors as the train loop reports them"}
-    write_report(args.out, report)
+    write_bench_report(args, load_start, "bytes; peak_rss = ru_maxrss x 1024 of a fresh child process (Linux "
+                       "reports KiB); optimizer_state_bytes = AdamW moment tensors as the train loop reports them",
+                       methods=methods, summary=rows, samples=samples)
     return 0
 
 

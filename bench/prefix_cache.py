@@ -31,7 +31,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import write_bench_report  # noqa: E402  (stdlib-only imports: cheap)
 from bench.throughput import bench_tokens  # noqa: E402
 
 KNOBS = {"full": {"learning_rate": 1e-4}, "lora": {"learning_rate": 1e-3, "rank": 8, "alpha": 16.0,
@@ -158,12 +158,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['speedup_with_cache_build']['median']:.2f}x",
                       f"{r['val_accuracy_uncached']['median']:.3f} / {r['val_accuracy_cached']['median']:.3f}")
     Console(width=170).print(table)
-    write_report(args.out, {
-        "machine": machine_info(), "args": args_json(args), "load_avg_start": load_start,
-        "load_avg_end": os.getloadavg(), "n_layers": n_layers, "knobs": KNOBS, "summary": rows, "samples": samples,
-        "conventions": "seconds of AutoTune's training loop (model build, method apply and the final validation "
-                       "pass excluded); cache build = one eval-mode pass of the frozen layers over train + "
-                       "validation rows; speed-ups are per A/B pair, medians quoted"})
+    write_bench_report(args, load_start, "seconds of AutoTune's training loop (model build, method apply and the "
+                       "final validation pass excluded); cache build = one eval-mode pass of the frozen layers over "
+                       "train + validation rows; speed-ups are per A/B pair, medians quoted",
+                       n_layers=n_layers, knobs=KNOBS, summary=rows, samples=samples)
     return 0
 
 

@@ -474,6 +474,13 @@ def write_report(path: Path, report: dict) -> None:
     print(f"wrote {path}")
 
 
+def write_bench_report(args, load_start, conventions: str, **fields) -> None:
+    """The JSON every bench writes to args.out: machine, arguments, load averages at start and end, its own
+    fields, and the conventions its numbers follow."""
+    write_report(args.out, {"machine": machine_info(), "args": args_json(args), "load_avg_start": load_start,
+                            "load_avg_end": os.getloadavg(), **fields, "conventions": conventions})
+
+
 def machine_info() -> dict:
     info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "processor": platform.processor() or platform.machine()}

@@ -34,7 +34,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import write_bench_report  # noqa: E402  (stdlib-only imports: cheap)
 
 STORAGES = ("sqlite", "journal", "memory")
 BAR_MS = 100.0
@@ -178,13 +178,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['trial_ms_median']:.1f} [{r['trial_ms_min']:.1f}, {r['trial_ms_max']:.1f}]",
                       f"{r['trial_ms_mean_all']:.1f}", mark)
     Console(width=160).print(table)
-    report = {"machine": machine_info(), "args": args_json(args),
-              "sampler": job.config.sampler.model_dump(), "methods": list(job.space.methods),
-              "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "bar": bar, "summary": rows,
-              "runs": runs,
-              "conventions": "ms per trial = ask + define_by_run + tell (objective excluded); at N: median over "
-                             "trials 0.9N..N; raw per-trial samples in runs[].suggest_ms / trial_ms"}
-    write_report(args.out, report)
+    write_bench_report(args, load_start, "ms per trial = ask + define_by_run + tell (objective excluded); at N: "
+                       "median over trials 0.9N..N; raw per-trial samples in runs[].suggest_ms / trial_ms",
+                       sampler=job.config.sampler.model_dump(), methods=list(job.space.methods), bar=bar,
+                       summary=rows, runs=runs)
     return 0
 
 

@@ -33,7 +33,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import write_bench_report  # noqa: E402  (stdlib-only imports: cheap)
 
 BARS = {"validate": 1.0, "status": 2.0}
 SCRUB_ENV = ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "AUTOTUNE_OPTUNA_STORAGE")
@@ -147,12 +147,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         print("quick mode: `autotune status` timed on a folder without a job (it exits 2 at once); "
               "the full run times it on a real 1-trial job folder")
-    report = {"machine": machine_info(), "args": args_json(args),
-              "cli": cli, "status_target": status_kind, "job_folder_setup_s": setup_s, "load_avg_start": load_start,
-              "load_avg_end": os.getloadavg(), "bars_s": BARS, "summary": rows, "samples": samples,
-              "conventions": "wall seconds around subprocess.run (interpreter start to exit); one unmeasured run "
-                             "of each command first; the two commands alternate"}
-    write_report(args.out, report)
+    write_bench_report(args, load_start, "wall seconds around subprocess.run (interpreter start to exit); one "
+                       "unmeasured run of each command first; the two commands alternate",
+                       cli=cli, status_target=status_kind, job_folder_setup_s=setup_s, bars_s=BARS, summary=rows,
+                       samples=samples)
     return 0 if all(r["ok"] for r in rows) else 1
 
 

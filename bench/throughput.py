@@ -39,7 +39,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import args_json, machine_info, write_report  # noqa: E402  (stdlib-only imports: cheap)
+from bench.quality import write_bench_report  # noqa: E402  (stdlib-only imports: cheap)
 
 METHODS = {"full": {"learning_rate": 5e-5}, "lora": {"learning_rate": 1e-3, "rank": 8},
            "sparse": {"learning_rate": 1e-3, "sparsity": 0.99}, "head": {"learning_rate": 1e-3}}
@@ -258,13 +258,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c['hand_head_samples_per_s']:.1f}", f"{c['warm_speedup']:.2f}x speed-up", "n/a")
     Console(width=160).print(table)
 
-    report = {"machine": machine_info(), "args": args_json(args),
-              "load_avg_start": load_start, "load_avg_end": os.getloadavg(), "bar": BAR, "method_knobs": METHODS,
-              "length_bucketing": training.length_bucketing, "summary": rows, "cached_head": cached_summary,
-              "samples": samples, "cached_samples": cached_samples,
-              "conventions": "samples/s = training examples / seconds of the training loop (model build, method "
-                             "apply and the final validation pass excluded); ratio = AutoTune / hand per A/B pair"}
-    write_report(args.out, report)
+    write_bench_report(args, load_start, "samples/s = training examples / seconds of the training loop (model "
+                       "build, method apply and the final validation pass excluded); ratio = AutoTune / hand per "
+                       "A/B pair", bar=BAR, method_knobs=METHODS, length_bucketing=training.length_bucketing,
+                       summary=rows, cached_head=cached_summary, samples=samples, cached_samples=cached_samples)
     return 0
 
 

@@ -8,10 +8,10 @@ the deltas in. The classifier head trains densely (it is new).
 
 Eligible: every 2-D weight of the encoder's layers, or of `layers` / the probe's top `importance_top_k`
 (embeddings are excluded). Selection scores each entry by |W| (magnitude), accumulated |grad| over a few
-training batches (gradient, as SIFT), accumulated squared gradients over a few batches (fisher: the empirical diagonal Fisher information over mini-batches,
-as FISH Mask), or a seeded random draw. The mask is chosen once, before training (static). The budget of
-k = round((1 - sparsity) x eligible) entries is spent on the top scores over all tensors together
-(global) or split between tensors in proportion to their sizes (per_tensor; largest remainders, so the
+training batches (gradient, as SIFT), accumulated squared gradients over a few batches (fisher: the empirical
+diagonal Fisher information over mini-batches, as FISH Mask), or a seeded random draw. The mask is chosen
+once, before training (static). The budget of k = round((1 - sparsity) x eligible) entries is spent on the
+top scores over all tensors together (global) or split between tensors in proportion to their sizes (per_tensor; largest remainders, so the
 total is the same k): global lets the scores decide which matrices matter, per_tensor keeps every matrix
 in play when score scales differ between tensors (magnitude does).
 """

@@ -7,7 +7,8 @@ adapter sits in them) for some j >= 1 - `full` with `unfreeze_last_k` / `layers`
 
 How: once per worker process, data set and j, the train and validation rows run through embeddings + layers
 0..j-1 in eval mode (no dropout), with the upper layers made pass-through; each row's hidden states (its real
-tokens only) are kept in memory, for this trial and the next ones of a reused Ray actor with the same j. Training then feeds them back as `inputs_embeds` with the embeddings and the bottom j layers made
+tokens only) are kept in memory, for this trial and the next ones of a reused Ray actor with the same j.
+Training then feeds them back as `inputs_embeds` with the embeddings and the bottom j layers made
 pass-through, so only layers j.. and the head run forward and backward. Parameter names, checkpoints and the
 exported model are untouched (the pass-through is an instance-level `forward` override, removed afterwards).
 
@@ -98,15 +99,15 @@ class FrozenPrefix:
         lengths = [int(x) for x in mask.sum(1)]
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # similar lengths together: less padding
         rows: list = [None] * len(lengths)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad(), _overrides([(layer, _passthrough_layer) for layer in self.layers[self.depth:]]):
                 for start in range(0, len(order), batch_size):
                     sel = order[start: start + batch_size]
-                    part = {k: v[sel] for k, v in split.items() if k in ("input_ids", "attention_mask")}
-                    batch = next(batches({**part, "labels": split["labels"][sel]}, len(sel)))
-                    base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+                    batch = next(batches({k: split[k][sel] for k in ("input_ids", "attention_mask", "labels")},
+                                         len(sel)))  # one batch, trimmed to its longest row
                     hidden = base.encoder(input_ids=batch["input_ids"].to(device),
                                           attention_mask=batch["attention_mask"].to(device)).last_hidden_state
                     for i, row in enumerate(sel):
