@@ -182,15 +182,24 @@ def driver(browser_present, tmp_path_factory):
 
 def wait(driver, what: str, condition, timeout: float = WAIT_S):
     """WebDriverWait for `condition` (a truthy value); a timeout fails the test naming what was missing (the
-    shots fixture then saves the page as FAILED-<test>.png)."""
-    from selenium.common.exceptions import TimeoutException
+    shots fixture then saves the page as FAILED-<test>.png). React re-renders replace elements between a find
+    and a read of their text: a stale element is one more poll, never a failure (the CI run at a666852 failed
+    on exactly that)."""
+    from selenium.common.exceptions import (NoSuchElementException, StaleElementReferenceException,
+                                            TimeoutException)
     from selenium.webdriver.support.ui import WebDriverWait
 
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(condition)
+        return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(
+            NoSuchElementException, StaleElementReferenceException)).until(condition)
     except TimeoutException:
         pass
     pytest.fail(f"{what}: not shown within {timeout:.0f} s at {driver.current_url}")
+
+
+def click(driver, what: str, find) -> None:
+    """Click the element `find(driver)` returns, finding it again if a re-render replaced it before the click."""
+    wait(driver, what, lambda d: find(d).click() or True)
 
 
 def text_of(driver) -> str:
@@ -267,20 +276,23 @@ def test_mlflow_runs_view_nests_trials_and_a_trial_page_shows_its_metrics(job, r
 
     driver.get(runs_view)
     left = ".ag-pinned-left-cols-container"  # the runs table's pinned columns: run names, one row per run
-    row = wait(driver, "the job's run in the runs table",
-               lambda d: d.find_elements(By.CSS_SELECTOR, f"{left} [row-id='{parent}']"))[0]
+    wait(driver, "the job's run in the runs table",
+         lambda d: d.find_elements(By.CSS_SELECTOR, f"{left} [row-id='{parent}']"))
     close_assistant(driver)
     assert f"{len(trials) + 1} matching runs" in text_of(driver)
-    shown = {r.get_attribute("row-id") for r in driver.find_elements(By.CSS_SELECTOR, f"{left} [row-id]")}
+    shown = wait(driver, "the runs table's rows", lambda d: {
+        r.get_attribute("row-id") for r in d.find_elements(By.CSS_SELECTOR, f"{left} [row-id]")})
     assert shown == {parent}, "trial runs must be nested under the job's run, not listed beside it"
-    row.find_element(By.CSS_SELECTOR, "[col-id='attributes.`Run Name`'] button").click()  # expand the job's run
+    click(driver, "the job run's expand button", lambda d: d.find_element(  # expand the job's run
+        By.CSS_SELECTOR, f"{left} [row-id='{parent}'] [col-id='attributes.`Run Name`'] button"))
     wait(driver, "trial runs under the expanded job run", lambda d: {
         r.get_attribute("row-id") for r in d.find_elements(By.CSS_SELECTOR, f"{left} [row-id]")}
         == {parent} | {t.info.run_id for t in trials})
 
     # the objective metric is a column of its own choosing (MLflow 3.17 shows none by default): pick it, and the
     # job run's best.<metric>, in the Columns selector as a person would
-    driver.find_element(By.CSS_SELECTOR, "[data-testid='column-selection-dropdown']").click()
+    click(driver, "the Columns selector", lambda d: d.find_element(
+        By.CSS_SELECTOR, "[data-testid='column-selection-dropdown']"))
     search = wait(driver, "the column search box", lambda d: [
         e for e in d.find_elements(By.CSS_SELECTOR, "input[placeholder='Search columns']") if e.is_displayed()])[0]
     for name in (metric, f"best.{metric}"):
@@ -310,7 +322,8 @@ def test_mlflow_runs_view_nests_trials_and_a_trial_page_shows_its_metrics(job, r
 
     # a trial's page, opened from its link in the table
     trial = max(trials, key=lambda t: int(t.data.params["trial_number"]))
-    driver.find_element(By.CSS_SELECTOR, f"{left} a[href$='/runs/{trial.info.run_id}']").click()
+    click(driver, f"{trial.info.run_name}'s link", lambda d: d.find_element(
+        By.CSS_SELECTOR, f"{left} a[href$='/runs/{trial.info.run_id}']"))
     wait(driver, f"{trial.info.run_name}'s page", lambda d: trial.info.run_name in text_of(d)
          and f"Metrics ({len(trial.data.metrics)})" in text_of(d)
          and f"Parameters ({len(trial.data.params)})" in text_of(d))
@@ -345,7 +358,8 @@ def test_registered_model_shows_champion_and_the_version_its_signature(job, runs
         and all(f"@\u00a0{a}" in r.text or f"@ {a}" in r.text for a in version.aliases)])
     shots(driver, "5-mlflow-registered-model")
 
-    driver.find_element(By.CSS_SELECTOR, f"a[href$='#/models/{name}/versions/{version.version}']").click()
+    click(driver, f"version {version.version}'s link", lambda d: d.find_element(
+        By.CSS_SELECTOR, f"a[href$='#/models/{name}/versions/{version.version}']"))
     for alias in version.aliases:
         wait(driver, f"alias {alias} on the version page",
              lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, f"[title='{alias}']") if alias in e.text])
@@ -355,10 +369,12 @@ def test_registered_model_shows_champion_and_the_version_its_signature(job, runs
                                 .removeprefix("file://")) / "MLmodel").signature
     inputs, outputs = signature.inputs.input_names(), signature.outputs.input_names()
     for heading in (f"Inputs ({len(inputs)})", f"Outputs ({len(outputs)})"):
-        toggle = wait(driver, f"schema {heading}", lambda d: [
-            e for e in d.find_elements(By.XPATH, f"//*[@role='cell']//div[normalize-space(.)='{heading}']")])[0]
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", toggle)
-        toggle.click()
+        def toggle(d, heading=heading):
+            found = d.find_element(By.XPATH, f"//*[@role='cell']//div[normalize-space(.)='{heading}']")
+            d.execute_script("arguments[0].scrollIntoView({block: 'center'})", found)
+            return found
+
+        click(driver, f"schema {heading}", toggle)
 
     def schema_cells(d) -> list[str]:  # "text (required)", "string", ...
         return [e.text.strip() for e in d.find_elements(By.CSS_SELECTOR, "[role='cell']") if e.text.strip()]
