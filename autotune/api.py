@@ -326,9 +326,16 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
             "knobs": t.best_knobs, "trainable_params": t.best_metrics.get("trainable_params"),
             "objective": metric, "objective_value": t.best_metrics.get(metric), "trials": t.counts,
             "best_rung": t.best_metrics.get("rung"), "best_examples": t.best_metrics.get("examples"),
-            "best_rule": "best validation objective at any evaluated rung of any trial that did not fail "
-                         "(finished, pruned or stopped by the budget); ties go to fewer trainable parameters",
+            "best_rule": t.best_rule or "best validation objective at any evaluated rung of any trial that did not "
+                                        "fail (finished, pruned or stopped by the budget); ties go to fewer trainable "
+                                        "parameters",
         })
+        objective = ctx.job.config.objective
+        if objective.multi:  # the front, best metric first: what the pick rule chose from
+            rows = {r.number: r for r in t.trials}
+            s["objectives"] = dict(zip(objective.metrics, objective.modes))
+            s["pareto_front"] = [{"trial": n, "method": rows[n].method,
+                                  **{m: rows[n].best.get(m) for m in objective.metrics}} for n in t.pareto]
     if v is not None:
         s.update({"test_accuracy": v.test_accuracy, "test_accuracy_ci": v.test_accuracy_ci,
                   "test_macro_f1": v.test_macro_f1, "majority_baseline": v.majority_accuracy,
@@ -357,6 +364,12 @@ def _print_summary(console, s: dict[str, Any]) -> None:
             (s["objective"].replace("_", " "), f"{s['objective_value']:.4f}"),
             ("trials", ", ".join(f"{k} {v}" for k, v in s["trials"].items())),
         ]
+        if s.get("pareto_front"):
+            metric, *trade_offs = s["objectives"]
+            rows.append(("Pareto front", "\n".join(
+                f"trial {p['trial']} {p['method']}: {metric} {p[metric]:.4f}, "
+                + ", ".join(f"{m} {p[m]:.1f}" if m == "seconds" else f"{m} {int(p[m]):,}" for m in trade_offs)
+                for p in s["pareto_front"])))
     if "test_accuracy" in s:
         lo, hi = s["test_accuracy_ci"]
         head = ("skipped (validate.diagnostics)" if s.get("head_baseline_skipped") else "n/a"
@@ -392,10 +405,10 @@ def status(output_dir: str | Path) -> dict[str, Any]:
         import json
         from types import SimpleNamespace
 
-        from autotune.search.best import BEST_TAG, best_record
+        from autotune.search.best import BEST_TAG, pick_record
         from autotune.tracking.mlflow_tracker import STATUS_TAG
 
-        metric, mode = folder.config.objective.metric, folder.config.objective.mode
+        metric = folder.config.objective.metric
         counts: dict[str, int] = {}
         trials = []
         for name, tags, params in _trial_runs(uri, state.experiment, state.parent_run_id):
@@ -405,7 +418,7 @@ def status(output_dir: str | Path) -> dict[str, Any]:
                 number=int(params.get("trial_number", -1)), status=st, name=name,
                 method=params.get("method"), best=json.loads(tags.get(BEST_TAG, "{}"))))
         info["trials"] = counts
-        b = best_record(trials, metric, mode)
+        b = pick_record(trials, folder.config.objective)  # a multi-objective job: the Pareto point deploy takes
         info["best"] = {"value": b.best[metric], "trial": b.name, "method": b.method, "metric": metric} if b else None
     except Exception as exc:  # noqa: BLE001 - status must work even when the store is unreachable
         info["tracking_error"] = redact(str(exc))[:300]

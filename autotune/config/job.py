@@ -160,13 +160,60 @@ class TrainingConfig(Strict):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
 
 
+TradeOff = Literal["trainable_params", "optimizer_state_bytes", "seconds"]  # rung metrics a search may also minimise
+
+
+class PickRule(Strict):
+    """Which point of a multi-objective search's Pareto front deploy takes: among the trials whose `metric` is
+    within `within` of the best (in the metric's own units: 0.005 = half a point of accuracy), the one with the
+    smallest `smallest`; ties go to the better metric, then the earlier trial."""
+
+    within: float = Field(0.005, ge=0, description="Tolerance on the objective metric, in its units (0.005 = 0.5 "
+                                                   "points of accuracy). 0 = the best metric, the trade-off breaks ties.")
+    smallest: TradeOff | None = Field(
+        None, description="The trade-off to minimise within that tolerance; null = the first of also_minimize.")
+
+
 class ObjectiveConfig(Strict):
     metric: Literal["val_accuracy", "val_macro_f1", "val_loss"] = Field("val_accuracy", description="What the search optimises.")
     direction: Literal["max", "min"] | None = Field(None, description="null = max for accuracy/F1, min for loss.")
+    also_minimize: list[TradeOff] = Field(
+        default_factory=list,
+        description="Further objectives, each minimised, named as the trial runs' MLflow metrics: trainable_params "
+                    "(what a deployment stores per task), optimizer_state_bytes (training memory), seconds (training "
+                    "time to the rung). Non-empty = a multi-objective search: Optuna's multi-objective sampler, a "
+                    "Pareto front, and deploy takes the point `pick` names.",
+    )
+    pick: PickRule = Field(default_factory=PickRule, description="Multi-objective only: which Pareto point deploy takes.")
 
     @property
     def mode(self) -> str:
         return self.direction or ("min" if self.metric.endswith("loss") else "max")
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.also_minimize)
+
+    @property
+    def metrics(self) -> list[str]:
+        """Every objective, the search metric first."""
+        return [self.metric, *self.also_minimize]
+
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode, *("min" for _ in self.also_minimize)]
+
+    @property
+    def trade_off(self) -> str | None:
+        """The trade-off the pick rule minimises (None for a single-objective job)."""
+        return (self.pick.smallest or self.also_minimize[0]) if self.also_minimize else None
+
+    @field_validator("also_minimize")
+    @classmethod
+    def _once_each(cls, names):
+        if len(set(names)) != len(names):
+            raise ValueError(f"must name each objective once (got {list(names)})")
+        return names
 
 
 class SamplerConfig(Strict):

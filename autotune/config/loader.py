@@ -410,6 +410,18 @@ def _load_job(job_path: Path, data_missing_ok: bool = False) -> ResolvedJob:
         problems.append(
             f"{src}: scheduler.grace_period: must be <= the number of rungs of the longest trial ({_rungs(config, space)}) (got {config.scheduler.grace_period})"
         )
+    objective = config.objective
+    # a job.yaml AutoTune wrote holds the default pick: only a changed one asks for several objectives
+    if objective.pick != type(objective.pick)() and not objective.multi:
+        problems.append(f"{src}: objective.pick: applies to a multi-objective search only: set objective.also_minimize "
+                        f"too, or drop pick (got also_minimize [])")
+    elif objective.pick.smallest is not None and objective.pick.smallest not in objective.also_minimize:
+        problems.append(f"{src}: objective.pick.smallest: must be one of objective.also_minimize "
+                        f"{list(objective.also_minimize)} (got {show(objective.pick.smallest)})")
+    if config.objective.multi and config.sampler.kind == "cmaes":
+        problems.append(f"{src}: sampler.kind: must be tpe, random, gp or qmc for a multi-objective search "
+                        f"(objective.also_minimize {list(config.objective.also_minimize)}); Optuna's CMA-ES is "
+                        f"single-objective (got 'cmaes')")
     if problems or issues:
         raise ConfigError(_merge(issues, problems, src))
     output_dir = Path(config.output_dir) if config.output_dir else Path("runs") / config.name

@@ -24,7 +24,8 @@ def study_plots(ctx, result) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric = ctx.job.config.objective.metric
+    objective = ctx.job.config.objective
+    metric = objective.metric
     rows = [r for r in result.trials if metric in r.metrics]
     out = ctx.out / "plots"
     out.mkdir(parents=True, exist_ok=True)
@@ -36,14 +37,10 @@ def study_plots(ctx, result) -> list[Path]:
         best_so_far.append((r.number, best))
         kw = dict(color=colour(r.method), marker=MARKERS.get(r.status, "o"))
         ax1.scatter(r.number, v, **kw)
-        ax2.scatter(max(1, r.metrics.get("trainable_params", 1)), v, **kw)
+    trade_off = objective.trade_off or "trainable_params"
+    _trade_off_panel(ax2, result, metric, objective.mode, trade_off, multi=objective.multi)
     if best_so_far:
         ax1.step(*zip(*best_so_far), where="post", color="black", lw=1, label="best so far")
-    front = pareto_front([(max(1, r.metrics.get("trainable_params", 1)), r.metrics[metric]) for r in rows
-                          if r.status != "failed"], maximize=ctx.job.config.objective.mode == "max")
-    if front:
-        ax2.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front")
-        ax2.legend(fontsize=7)
     for m in sorted({r.method for r in rows}):
         ax1.scatter([], [], color=colour(m), label=m)
     for s, mk in MARKERS.items():
@@ -52,10 +49,6 @@ def study_plots(ctx, result) -> list[Path]:
     ax1.set_ylabel(metric)
     ax1.set_title("optimisation history")
     ax1.legend(fontsize=7, ncol=2)
-    ax2.set_xscale("log")
-    ax2.set_xlabel("trainable parameters (log)")
-    ax2.set_ylabel(metric)
-    ax2.set_title("quality vs trainable parameters")
     _importances(ax3, ctx, result)
     fig.tight_layout()
     png = out / "study.png"
@@ -75,6 +68,34 @@ def study_plots(ctx, result) -> list[Path]:
         f"<th>trainable</th><th>knobs</th></tr>{table}</table></body></html>"
     )
     return [png, html]
+
+
+TRADE_OFF_LABELS = {"trainable_params": "trainable parameters", "optimizer_state_bytes": "optimizer state bytes",
+                    "seconds": "training seconds to the rung"}
+
+
+def _trade_off_panel(ax, result, metric: str, mode: str, trade_off: str, multi: bool) -> None:
+    """Quality vs the trade-off, one point per trial at its best rung (the candidate the pick rule compares): the
+    Pareto front as a step line, a multi-objective job's deployed pick starred."""
+    rows = [r for r in result.trials if r.status != "failed" and metric in r.best and trade_off in r.best]
+    for r in rows:
+        ax.scatter(max(1e-3, r.best[trade_off]), r.best[metric], color=colour(r.method),
+                   marker=MARKERS.get(r.status, "o"))
+    front = pareto_front([(max(1e-3, r.best[trade_off]), r.best[metric]) for r in rows], maximize=mode == "max")
+    if front:
+        ax.step(*zip(*front), where="post", color="black", lw=1, label="Pareto front")
+    if multi:
+        pick = [r for r in rows if r.number == result.best_number]
+        if pick:
+            ax.scatter(max(1e-3, pick[0].best[trade_off]), pick[0].best[metric], marker="*", s=260,
+                       facecolors="none", edgecolors="black", linewidths=1.2, label=f"deployed: trial {pick[0].number}")
+    if front:
+        ax.legend(fontsize=7)
+    ax.set_xscale("log")
+    label = TRADE_OFF_LABELS.get(trade_off, trade_off)
+    ax.set_xlabel(f"{label} (log)")
+    ax.set_ylabel(f"{metric} (best rung)")
+    ax.set_title(f"quality vs {label}")
 
 
 def pareto_front(points: list[tuple[float, float]], maximize: bool = True) -> list[tuple[float, float]]:
@@ -100,6 +121,11 @@ def method_importances(storage_url: str, study_name: str, direction: str, min_tr
         trials = [t for t in done if t.params.get("method") == method]
         knobs = sorted({k for t in trials for k in t.params if k != "method" and len({u.params.get(k) for u in trials}) > 1})
         if len(trials) < min_trials or not knobs:
+            continue
+        if len(study.directions) > 1:  # multi-objective: importances for the first objective (the metric)
+            sub = optuna.create_study(directions=study.directions)
+            sub.add_trials(trials)
+            out[method] = optuna.importance.get_param_importances(sub, params=knobs, target=lambda t: t.values[0])
             continue
         sub = optuna.create_study(direction=direction)
         sub.add_trials(trials)

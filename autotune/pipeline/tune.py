@@ -41,6 +41,8 @@ class TuneResult(BaseModel):
     seconds: float
     ray_init_seconds: float = 0.0
     trials: list[TrialRow]
+    pareto: list[int] = []  # multi-objective: trial numbers on the Pareto front, best metric first
+    best_rule: str = ""  # how the best trial was chosen (best.pick_rule)
 
 
 def run(ctx: JobContext) -> TuneResult:
@@ -69,8 +71,9 @@ def run(ctx: JobContext) -> TuneResult:
         for r in outcome.records
     ]
     counts = {s: sum(r.status == s for r in rows) for s in ("finished", "pruned", "stopped", "failed")}
-    metric, mode = ctx.job.config.objective.metric, ctx.job.config.objective.mode
-    from autotune.search.best import best_record
+    objective = ctx.job.config.objective
+    metric, mode = objective.metric, objective.mode
+    from autotune.search.best import best_record, pareto_front, pick_rule
 
     head = best_record([r for r in outcome.records if r.method == "head" and r.trial_id in outcome.checkpoints],
                        metric, mode)
@@ -85,14 +88,37 @@ def run(ctx: JobContext) -> TuneResult:
         head_checkpoint=outcome.checkpoints.get(head.trial_id) if head else None,
         head_knobs=head.knobs if head else None, counts=counts, study_name=outcome.study_name,
         storage_url=redact(outcome.storage_url), experiment_path=outcome.experiment_path, seconds=seconds,
-        ray_init_seconds=outcome.ray_init_seconds, trials=rows,
+        ray_init_seconds=outcome.ray_init_seconds, trials=rows, best_rule=pick_rule(objective),
+        pareto=[r.number for r in pareto_front(outcome.records, list(zip(objective.metrics, objective.modes)))]
+        if objective.multi else [],
     )
+    if objective.multi:
+        print_pareto(ctx.console, result, objective)
     _log(ctx, result)
     # only the best trial (and the head-only baseline validate scores) can still win: the other checkpoints go
     freed = prune_checkpoints(result.experiment_path, {result.best_checkpoint, result.head_checkpoint})
     if freed:
         ctx.console.print(f"[dim]checkpoints of trials that can no longer win removed: {freed / 1e6:.0f} MB[/]")
     return result
+
+
+def print_pareto(console, result: TuneResult, objective) -> None:
+    """The Pareto front as a table: one row per trial on it, the deployed pick marked."""
+    from rich.table import Table
+
+    table = Table(title=f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
+                        f"({', '.join(f'{n} {m}' for n, m in zip(objective.metrics, objective.modes))})")
+    for col in ("trial", "method", *objective.metrics, "rung", "pick"):
+        table.add_column(col, justify="right" if col not in ("method", "pick") else "left")
+    by_number = {r.number: r for r in result.trials}
+    for n in result.pareto:
+        r = by_number[n]
+        values = [f"{r.best[m]:.4f}" if m.startswith("val_") else f"{r.best[m]:.1f}" if m == "seconds"
+                  else f"{int(r.best[m]):,}" for m in objective.metrics]
+        table.add_row(str(n), r.method, *values, str(int(r.best.get("rung", 0))),
+                      "deployed" if n == result.best_number else "")
+    console.print(table)
+    console.print(f"[dim]pick rule: {result.best_rule}[/]")
 
 
 def prune_checkpoints(experiment_path: str, keep: set[str | None]) -> int:
@@ -149,11 +175,15 @@ def _has_champion(ctx: JobContext) -> bool:
 def _log(ctx: JobContext, result: TuneResult) -> None:
     t, run = ctx.tracker, ctx.parent_run_id
     path = ctx.out / "trials.csv"
-    write_trials_csv(result.trials, path)
+    write_trials_csv(result.trials, path, set(result.pareto))
     t.log_artifact(run, str(path), "search")
     t.log_params(run, {"best.method": result.best_method, "best.trial_id": result.best_trial_id,
                        **{f"best.{result.best_method}.{k}": v for k, v in result.best_knobs.items()},
                        "optuna.study_name": result.study_name, "optuna.storage": result.storage_url})
+    objective = ctx.job.config.objective
+    if objective.multi:  # the objective.* settings are params already (the job's config): what they led to
+        t.log_params(run, {"pareto.trade_off": objective.trade_off, "pareto.trials": ",".join(map(str, result.pareto))})
+        t.log_metrics(run, {"pareto.size": len(result.pareto)})
     t.log_metrics(run, {**{f"best.{k}": v for k, v in result.best_metrics.items()},
                         **{f"trials.{k}": v for k, v in result.counts.items()}, "tune.seconds": result.seconds})
     try:
@@ -165,9 +195,10 @@ def _log(ctx: JobContext, result: TuneResult) -> None:
         ctx.console.print(f"[yellow]note: study plots skipped ({exc})[/]")
 
 
-def write_trials_csv(rows: list[TrialRow], path) -> None:
+def write_trials_csv(rows: list[TrialRow], path, pareto: set[int] = frozenset()) -> None:
+    """One row per trial; `pareto` is 1 for the trials on a multi-objective job's Pareto front."""
     cols = ["number", "trial_id", "method", "status", "val_accuracy", "val_macro_f1", "val_loss", "trainable_params",
-            "optimizer_state_bytes", "rung", "best_rung", "best_val_accuracy", "seconds", "knobs", "error"]
+            "optimizer_state_bytes", "rung", "best_rung", "best_val_accuracy", "seconds", "knobs", "error", "pareto"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -177,4 +208,4 @@ def write_trials_csv(rows: list[TrialRow], path) -> None:
                         m.get("val_loss"), m.get("trainable_params"), m.get("optimizer_state_bytes"), m.get("rung"),
                         r.best.get("rung"), r.best.get("val_accuracy"),
                         f"{r.seconds:.1f}" if r.seconds else "", " ".join(f"{k}={v}" for k, v in r.knobs.items()),
-                        r.error or ""])
+                        r.error or "", int(r.number in pareto)])

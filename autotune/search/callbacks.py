@@ -14,7 +14,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from autotune.config.space import CompiledSpace
-from autotune.search.best import BEST_TAG, best_record
+from autotune.search.best import BEST_TAG, best_record, pick_record
 from autotune.search.callbacks_keys import NUMBER_KEY
 from autotune.redact import redact
 from autotune.tracking.mlflow_tracker import KNOBS_TAG, NOTE_TAG, STATUS_TAG, TRIAL_ID_TAG, MlflowTracker
@@ -83,7 +83,8 @@ class TrialBook(Callback):
     """The driver's record of every trial (status, last metrics) and its MLflow child run."""
 
     def __init__(self, space: CompiledSpace, tracker: MlflowTracker | None, parent_run_id: str | None,
-                 console=None, total: int = 0, metric: str = "val_accuracy", mode: str = "max", clock=None):
+                 console=None, total: int = 0, metric: str = "val_accuracy", mode: str = "max", clock=None,
+                 objective=None):
         self.space = space
         self.clock = clock  # SearchClock: learns setup, eval and first-rung seconds from the reports
         self.rung_log = None  # path of a JSON-lines file: one line per evaluated rung (time since job start)
@@ -93,6 +94,7 @@ class TrialBook(Callback):
         self.console = console
         self.total = total
         self.metric, self.mode = metric, mode
+        self.objective = objective  # ObjectiveConfig: a multi-objective job's pick rule (None: the best metric)
         self.records: dict[str, TrialRecord] = {}
         self.consecutive_failures = 0
         self.start = time.time()
@@ -292,8 +294,7 @@ class TrialBook(Callback):
         parts = [f"trials {done}{of} done: {counts['finished']} finished, {counts['pruned']} pruned, "
                  f"{counts['stopped']} stopped, {counts['failed']} failed; {counts['running']} running"]
         best = self.best()
-        parts.append(f"best {self.metric} {best.best[self.metric]:.4f} (trial {best.number}, {best.method})"
-                     if best else "best: none yet")
+        parts.append(self._best_text(best) if best else "best: none yet")
         elapsed = f"{time.time() - self.start:.0f} s elapsed"
         if self.clock is not None and self.clock.budgeted:
             elapsed += f", ~{max(0.0, self.clock.left()):.0f} s of search budget left"
@@ -341,13 +342,26 @@ class TrialBook(Callback):
             except Exception:  # noqa: BLE001
                 pass
 
+    def _best_text(self, best: TrialRecord, name_metric: bool = True) -> str:
+        """'best val_accuracy 0.8125 (trial 3, lora)'; a multi-objective job's pick also shows its trade-off."""
+        metric = f"{self.metric} " if name_metric else ""
+        if self.objective is not None and self.objective.multi:
+            by = self.objective.trade_off
+            value = best.best.get(by, 0)
+            shown = f"{value:.1f}" if by == "seconds" else f"{int(value):,}"
+            return f"pick {metric}{best.best[self.metric]:.4f}, {by} {shown} (trial {best.number}, {best.method})"
+        return f"best {metric}{best.best[self.metric]:.4f} (trial {best.number}, {best.method})"
+
     @property
     def _sign(self) -> int:
         return 1 if self.mode == "max" else -1
 
     def best(self) -> TrialRecord | None:
         """THE best-trial rule: the best objective at any evaluated rung of any trial that did not fail
-        (finished, pruned by ASHA, or stopped by the budget); on a tie, fewer trainable parameters."""
+        (finished, pruned by ASHA, or stopped by the budget); on a tie, fewer trainable parameters. A
+        multi-objective job: the Pareto point its pick rule names (best.pick_record)."""
+        if self.objective is not None and self.objective.multi:
+            return pick_record(self.records.values(), self.objective)
         return best_record(self.records.values(), self.metric, self.mode)
 
     def late_rung(self, rec: TrialRecord, metrics: dict[str, Any]) -> None:
@@ -393,7 +407,7 @@ class TrialBook(Callback):
         value = rec.metrics.get(self.metric)
         what = f"{self.metric}={value:.4f}" if value is not None else rec.error or ""
         best = self.best()
-        best_txt = f" | best {best.best[self.metric]:.4f} (trial {best.number}, {best.method})" if best else ""
+        best_txt = f" | {self._best_text(best, False)}" if best else ""
         secs = (rec.ended or time.time()) - rec.started
         elapsed = time.time() - self.start
         self.console.print(

@@ -90,10 +90,13 @@ def make_searcher(job: ResolvedJob, storage_url: str, study_name: str, job_run: 
     # everything Ray saves (tuner.pkl, searcher-state-*.pkl) and `autotune resume` attaches it again
     storage = optuna.storages.RDBStorage(storage_url)
     points = startup_points(job)
+    objective = job.config.objective
     return AutotuneOptunaSearch(
         space=job.space.define_by_run,
-        metric=job.config.objective.metric,
-        mode=job.config.objective.mode,
+        # a multi-objective job: Optuna's study has one direction per objective (its TPE is then MOTPE); ASHA
+        # still prunes on the first, within each method
+        metric=objective.metrics if objective.multi else objective.metric,
+        mode=objective.modes if objective.multi else objective.mode,
         sampler=make_sampler(job),
         study_name=study_name,
         storage=storage,
@@ -217,7 +220,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     storage_url = optuna_storage_url(job)
     study = study_name(job)
     book = TrialBook(job.space, tracker, parent_run_id, console, cfg.budget.num_trials or 0,
-                     cfg.objective.metric, cfg.objective.mode, clock=clock)
+                     cfg.objective.metric, cfg.objective.mode, clock=clock, objective=cfg.objective)
     book.rung_log = job.output_dir / "rungs.jsonl"
     guard = FailureGuard(book, cfg.budget.max_consecutive_failures, clock=clock)
     spec = TrialSpec(cfg.model, cfg.training, job.space, labels, cfg.seed,
@@ -283,7 +286,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
     searcher.driver["trial_attrs"] = book.optuna_attrs  # each Optuna trial carries its best rung
     searcher.driver["disk_full"] = lambda: _disk_full(exp_path)  # a trial failed by a full disk is not told FAIL
     book.scheduler = tuner._local_tuner._tune_config.scheduler  # its cut-offs say why a pruned trial stopped
-    searcher.describe_study(study_attrs(cfg.objective.metric, tracker, parent_run_id))
+    searcher.describe_study(study_attrs(cfg.objective.metric, tracker, parent_run_id, cfg.objective))
 
     # Ray Tune catches the first Ctrl-C, saves the experiment state and returns from fit() as if the search
     # were over. Ray restores the handler it found once it fired: ours, so we can tell an interrupted search
