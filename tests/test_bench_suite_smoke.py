@@ -1,6 +1,7 @@
-"""Smoke test of issue 14's benchmarks (bench/throughput.py, memory.py, search_scale.py, startup.py, prefix_cache.py), each run with
---quick in a subprocess: it exits 0, prints its table and writes its JSON with the expected keys. None of them
-starts Ray in quick mode; the numbers are not judged (a loaded 2-core CI machine makes any timing meaningless)."""
+"""Smoke test of issue 14's benchmarks (bench/throughput.py, memory.py, search_scale.py, startup.py, prefix_cache.py) and
+issue 15's per-method table (bench/methods.py), each run with --quick in a subprocess: it exits 0, prints its table
+and writes its JSON with the expected keys. Only methods.py starts Ray in quick mode (a 3-trial tiny-model job); the
+numbers are not judged (a loaded 2-core CI machine makes any timing meaningless)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ CASES = {
                      ("storage", "at_trials", "suggest_ms_median", "trial_ms_median", "trial_ms_mean_all")),
     "prefix_cache": ("frozen-prefix cache", ("machine", "args", "summary", "samples", "knobs", "conventions"),
                      ("method", "k", "frozen_layers", "speedup_train", "val_accuracy_cached")),
+    "methods": ("per method, best of its points", ("machine", "args", "summary", "trials", "methods", "conventions"),
+                ("data", "method", "best_val_accuracy", "trainable_params", "optimizer_state_bytes", "seconds_per_epoch")),
     "startup": ("CLI start-up", ("machine", "args", "summary", "samples", "bars_s", "conventions"),
                 ("command", "seconds", "bar", "ok")),
 }
@@ -60,6 +63,9 @@ def test_bench_quick(bench, tmp_path):
     elif bench == "search_scale":
         assert {r["storage"] for r in report["summary"]} == {"sqlite", "journal", "memory"}
         assert all(len(r["trial_ms"]) == 50 for r in report["runs"])
+    elif bench == "methods":  # a real job through Ray, Optuna and MLflow: one row per method, zero_shot trains nothing
+        assert [r["method"] for r in report["trials"]["synthetic"]] == ["zero_shot", "head", "bitfit"]
+        assert {r["method"]: r["trainable_params"] for r in report["summary"]}["zero_shot"] == 0
     elif bench == "startup":
         assert {r["command"] for r in report["summary"]} == {"validate", "status"}
         assert all(s["ok"] for s in report["samples"]), report["samples"]
