@@ -7,8 +7,9 @@ Benches: overhead.py (per-trial overhead of AutoTune's search vs a direct loop; 
 quick run asks it for 4 trials instead of 12), quality.py (AutoTune vs its peers at equal wall-clock budgets;
 --quick passed through), and issue 14's throughput.py (samples/s in a trial's loop vs a hand-written loop),
 memory.py (peak RSS and optimizer state per method), search_scale.py (ms per suggestion / trial with 100 and
-1,000 trials per Optuna storage) and startup.py (`autotune validate` / `autotune status` wall seconds), each with
---quick passed through. Results go to --out-dir (overhead.py always writes bench/results/overhead.json).
+1,000 trials per Optuna storage), startup.py (`autotune validate` / `autotune status` wall seconds), prefix_cache.py
+(frozen-prefix speed-up per k), orchestration.py (fixed-work trials through AutoTune vs bare Ray Tune vs a bare
+Optuna loop) and issue 15's methods.py (every method side by side on real data), each with --quick passed through. Results go to --out-dir (overhead.py always writes bench/results/overhead.json).
 Exit status: 0 when every bench exited 0, else 1; a summary line per bench is printed at the end.
 """
 
@@ -22,7 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-NEW = ("throughput", "memory", "search_scale", "startup", "prefix_cache")  # issue 14's benches
+NEW = ("orchestration", "throughput", "memory", "search_scale", "startup", "prefix_cache",  # issue 14's benches
+       "methods")  # issue 15's per-method table
 
 
 def benches(quick: bool, out_dir: Path) -> list[tuple[str, list[str]]]:

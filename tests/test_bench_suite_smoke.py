@@ -1,7 +1,8 @@
 """Smoke test of issue 14's benchmarks (bench/throughput.py, memory.py, search_scale.py, startup.py, prefix_cache.py) and
-issue 15's per-method table (bench/methods.py), each run with --quick in a subprocess: it exits 0, prints its table
-and writes its JSON with the expected keys. Only methods.py starts Ray in quick mode (a 3-trial tiny-model job); the
-numbers are not judged (a loaded 2-core CI machine makes any timing meaningless)."""
+bench 1 (orchestration.py) and issue 15's per-method table (bench/methods.py), each run with --quick in a subprocess:
+it exits 0, prints its table and writes its JSON with the expected keys. Only orchestration.py and methods.py start
+Ray in quick mode (2- and 3-trial tiny jobs); the numbers are not judged (a loaded 2-core CI machine makes any timing
+meaningless)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ CASES = {
                      ("method", "k", "frozen_layers", "speedup_train", "val_accuracy_cached")),
     "methods": ("per method, best of its points", ("machine", "args", "summary", "trials", "methods", "conventions"),
                 ("data", "method", "best_val_accuracy", "trainable_params", "optimizer_state_bytes", "seconds_per_epoch")),
+    "orchestration": ("orchestration overhead", ("machine", "args", "summary", "samples", "bar", "conventions"),
+                      ("concurrency", "tool", "ideal_s", "wall_s", "search_s", "trial_s_median", "first_report_s")),
     "startup": ("CLI start-up", ("machine", "args", "summary", "samples", "bars_s", "conventions"),
                 ("command", "seconds", "bar", "ok")),
 }
@@ -66,6 +69,9 @@ def test_bench_quick(bench, tmp_path):
     elif bench == "methods":  # a real job through Ray, Optuna and MLflow: one row per method, zero_shot trains nothing
         assert [r["method"] for r in report["trials"]["synthetic"]] == ["zero_shot", "head", "bitfit"]
         assert {r["method"]: r["trainable_params"] for r in report["summary"]}["zero_shot"] == 0
+    elif bench == "orchestration":  # AutoTune (a real job, the work in a method plugin) and both peers ran it
+        assert [r["tool"] for r in report["summary"]] == ["autotune", "bare_ray_tune", "bare_optuna"]
+        assert all(s["trials"] == 2 and min(s["trial_s"]) > 0 for s in report["samples"])
     elif bench == "startup":
         assert {r["command"] for r in report["summary"]} == {"validate", "status"}
         assert all(s["ok"] for s in report["samples"]), report["samples"]
