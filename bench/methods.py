@@ -161,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
     write_bench_report(args, load_start, "FIFO, 2 epochs, batch 16, each method at its defaults x --lr-factors; "
                        "best-rung validation accuracy; seconds = a trial's training time (caches included) / 2",
                        methods=methods, summary=summaries, trials=results, table="\n".join(tables))
-    print(f"wrote {args.out}")
     return 0
 
 
