@@ -109,7 +109,7 @@ def test_a_job_searches_two_objectives_and_deploys_the_pick(tiny_model_dir, synt
               lora: {learning_rate: 1.0e-2, rank: {choices: [1, 4]}}
               full: {learning_rate: 1.0e-3}
           initial_points: [{method: lora, knobs: {rank: 1}}, {method: lora, knobs: {rank: 4}}]
-        objective: {metric: val_accuracy, also_minimize: [trainable_params], pick: {within: 0.3}}
+        objective: {metric: val_accuracy, also_minimize: [trainable_params], pick: {within: 0.5}}
         budget: {num_trials: 4, max_concurrent_trials: 1}
         training: {epochs: 1, batch_size: 16, evals_per_epoch: 1}
     """)
@@ -125,7 +125,7 @@ def test_a_job_searches_two_objectives_and_deploys_the_pick(tiny_model_dir, synt
     # the front and the pick, worked out here from the trials table
     front = {n for n in rows if not any(acc[m] >= acc[n] and params[m] <= params[n] and (acc[m], params[m])
                                         != (acc[n], params[n]) for m in rows)}
-    near = [n for n in rows if acc[n] >= max(acc.values()) - 0.3 - 1e-12]
+    near = [n for n in rows if acc[n] >= max(acc.values()) - 0.5 - 1e-12]
     pick = min(near, key=lambda n: (params[n], -acc[n], n))
     most_accurate = max(rows, key=lambda n: (acc[n], -params[n], -n))
     assert params[pick] < params[most_accurate]  # the rule traded accuracy for size: not the single-objective pick
@@ -150,7 +150,7 @@ def test_a_job_searches_two_objectives_and_deploys_the_pick(tiny_model_dir, synt
     client = MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.params["objective.also_minimize"] == "['trainable_params']"
-    assert run.data.params["objective.pick.within"] == "0.3"
+    assert run.data.params["objective.pick.within"] == "0.5"
     assert run.data.params["pareto.trade_off"] == "trainable_params"
     assert {int(n) for n in run.data.params["pareto.trials"].split(",")} == front
     assert run.data.metrics["pareto.size"] == len(front)
