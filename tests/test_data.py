@@ -86,6 +86,35 @@ def test_tokenization_is_cached_by_fingerprint_tokenizer_and_length(tmp_path, ti
     assert first["train"]["input_ids"].shape == (len(data.splits["train"]), 16)
 
 
+def test_a_local_tokenizer_is_keyed_by_its_files_and_a_hit_loads_nothing(tmp_path, tiny_model_dir, synthetic_csv):
+    import shutil
+
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from autotune.training.model import tokenize_splits
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    data = prepare(synthetic_csv, cfg(text_column="review", label_column="sentiment"))
+    loads = []
+
+    def load():
+        loads.append(1)
+        return AutoTokenizer.from_pretrained(model)
+
+    first, hit1 = tokenize_splits(data, load, 16, tmp_path / "cache", model_dir=model)
+    second, hit2 = tokenize_splits(data, load, 16, tmp_path / "cache", model_dir=model)
+    assert (hit1, hit2, len(loads)) == (False, True, 1)  # the hit never loaded the tokenizer
+    assert np.array_equal(first["train"]["input_ids"], second["train"]["input_ids"])
+    # the same folder, the same vocabulary size, other behaviour (lower-casing off): a new entry, not stale tokens
+    config = model / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"do_lower_case": true', '"do_lower_case": false'))
+    assert '"do_lower_case": false' in config.read_text()
+    _, hit3 = tokenize_splits(data, load, 16, tmp_path / "cache", model_dir=model)
+    assert (hit3, len(loads)) == (False, 2)
+
+
 def test_split_column_keeps_the_files_own_split(tmp_path):
     from autotune.config.job import DataConfig
     from autotune.data.prepare import prepare

@@ -26,15 +26,16 @@ def run(ctx: JobContext) -> PreprocessResult:
     from dataclasses import asdict
 
     from autotune.data.demo import cache_dir
-    from autotune.training.model import load_tokenizer, save_tokens, tokenize_splits
+    from autotune.training.model import load_tokenizer, resolve_model_path, save_tokens, tokenize_splits
 
     cfg = ctx.job.config
     data = prepare_job_data(ctx.job)
     data_dir = ctx.out / "data"
     save_prepared(data, data_dir)
 
-    tokenizer = load_tokenizer(cfg.model)
-    tokens, hit = tokenize_splits(data, tokenizer, cfg.model.max_length, cache_dir() / "tokens")
+    # keyed by the tokenizer files of a local model folder: a cache hit loads no tokenizer (no transformers import)
+    tokens, hit = tokenize_splits(data, lambda: load_tokenizer(cfg.model), cfg.model.max_length, cache_dir() / "tokens",
+                                  model_dir=resolve_model_path(cfg.model.name_or_path))
     tokens_path = data_dir / "tokens.npz"  # the job directory stays self-contained if the cache is cleared
     save_tokens(tokens, tokens_path)
 

@@ -62,18 +62,51 @@ def build_model(cfg: ModelConfig, labels: list[str]):
     return model
 
 
-def tokenize_splits(data, tokenizer, max_length: int, cache: Path | None) -> tuple[dict[str, dict[str, Any]], bool]:
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_files_digest(model_dir: str | Path | None) -> str | None:
+    """sha256 over the names and bytes of the tokenizer files in a local model folder; None when it is not one."""
+    folder = Path(model_dir) if model_dir else None
+    if folder is None or not folder.is_dir():
+        return None
+    digest, found = hashlib.sha256(), False
+    for name in TOKENIZER_FILES:
+        f = folder / name
+        if f.is_file():
+            found = True
+            digest.update(name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return digest.hexdigest() if found else None
+
+
+def tokenize_splits(data, tokenizer, max_length: int, cache: Path | None,
+                    model_dir: str | Path | None = None) -> tuple[dict[str, dict[str, Any]], bool]:
     """Tokenize every split once; arrays are padded to max_length (batches trim to their longest row).
-    Cached by (data fingerprint, tokenizer, max_length). Returns (splits, cache_hit)."""
+    Cached by (data fingerprint, tokenizer, max_length); returns (splits, cache_hit). With `model_dir`, a local model
+    folder, the tokenizer is identified by its files' bytes - a tokenizer edited in place is a new entry - and
+    `tokenizer` may be a function that loads it, called only on a miss (a hit never imports transformers)."""
+    import functools
+    import types
+
     import numpy as np
 
-    ident = json.dumps(
-        [data.fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), max_length]
-    ).encode()
+    def loaded():
+        return tokenizer() if isinstance(tokenizer, (types.FunctionType, functools.partial)) else tokenizer
+
+    files = tokenizer_files_digest(model_dir)
+    if files is not None:
+        ident = json.dumps([data.fingerprint, "tokenizer-files", files, max_length]).encode()
+    else:
+        tokenizer = loaded()
+        ident = json.dumps(
+            [data.fingerprint, type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer), max_length]
+        ).encode()
     key = hashlib.sha256(ident).hexdigest()[:20]
     path = cache / f"{key}.npz" if cache is not None else None
     if path is not None and path.is_file():
         return load_tokens(path), True
+    tokenizer = loaded()
     out: dict[str, dict[str, Any]] = {}
     for split, rows in data.splits.items():
         enc = tokenizer(
