@@ -49,9 +49,22 @@ CANDIDATES = [  # (method, knobs): every knob the default space searches for tha
     ("full", {"learning_rate": 5.0e-5, "unfreeze_last_k": None, "epochs": 2, "batch_size": 8}),
     ("sparse", {"learning_rate": 1.0e-3, "sparsity": 0.999, "selection": "gradient", "epochs": 2, "batch_size": 16}),
 ]
+# Round 3 (2026-11-30, session 5): the shipped four against the adapters that led bench/methods.py on both
+# sets at 3x their default learning rate (LoHa, IA3, LoKr, VeRA: 5-75 k trained entries). These methods are not in
+# the default space; a winner would have to join it.
+SHIPPED = [CANDIDATES[0], CANDIDATES[1], CANDIDATES[6], CANDIDATES[9]]
+ROUND3 = SHIPPED + [
+    ("loha", {"learning_rate": 1.5e-2, "epochs": 2, "batch_size": 16}),
+    ("ia3", {"learning_rate": 9.0e-3, "epochs": 2, "batch_size": 16}),
+    ("lokr", {"learning_rate": 1.5e-2, "epochs": 2, "batch_size": 16}),
+    ("vera", {"learning_rate": 1.0e-2, "epochs": 2, "batch_size": 16}),
+]
+ROUNDS = {2: CANDIDATES, 3: ROUND3}
 
 
-def job_for(name: str, csv_path: Path, out: Path, layers: int | None, examples: int) -> dict:
+def job_for(name: str, csv_path: Path, out: Path, layers: int | None, examples: int,
+            candidates: list | None = None) -> dict:
+    candidates = CANDIDATES if candidates is None else candidates
     with csv_path.open(newline="", encoding="utf-8") as fh:
         examples = min(examples, sum(1 for _ in csv.DictReader(fh)))  # a small set is split whole
     frac = 0.625  # 1,000 / 300 / 300 of 1,600 examples
@@ -63,12 +76,22 @@ def job_for(name: str, csv_path: Path, out: Path, layers: int | None, examples: 
         "model": {"max_length": 64, "num_hidden_layers": layers},
         "data": {"path": str(csv_path), "text_column": "text", "label_column": "label", "max_examples": examples,
                  "split": {"train": frac, "validation": rest, "test": rest}},
-        "search": {"portfolio": False, "space": str(ROOT / "search_spaces" / "default.yaml"),
-                   "initial_points": [{"method": m, "knobs": json.loads(json.dumps(k))} for m, k in CANDIDATES]},
-        "budget": {"num_trials": len(CANDIDATES), "max_concurrent_trials": 2},
+        "search": {"portfolio": False, **space_for(candidates)},
+        "budget": {"num_trials": len(candidates), "max_concurrent_trials": 2},
         "training": {"epochs": 2},
         "scheduler": {"kind": "fifo"},
     }
+
+
+def space_for(candidates: list) -> dict:
+    """The default space with the candidates as initial points; a candidate whose method the default space lacks
+    joins it inline with its knobs fixed (one candidate per such method)."""
+    default = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())["methods"]
+    extra = {m: dict(k) for m, k in candidates if m not in default}
+    points = [{"method": m, "knobs": {} if m in extra else json.loads(json.dumps(k))} for m, k in candidates]
+    if not extra:
+        return {"space": str(ROOT / "search_spaces" / "default.yaml"), "initial_points": points}
+    return {"space": {"methods": {**default, **extra}}, "initial_points": points}
 
 
 def read_trials(out: Path) -> list[dict]:
@@ -83,6 +106,7 @@ def main() -> None:
     ap.add_argument("--data", nargs="+", default=["rotten_tomatoes", "trec_question_type"])
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--examples", type=int, default=1600)
+    ap.add_argument("--round", type=int, choices=sorted(ROUNDS), default=2, help="which candidate list")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/autotune-portfolio"))
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "portfolio.json")
     args = ap.parse_args()
@@ -93,17 +117,18 @@ def main() -> None:
         out = args.workdir / name
         job = args.workdir / f"{name}.yaml"
         job.parent.mkdir(parents=True, exist_ok=True)
-        job.write_text(yaml.safe_dump(job_for(name, csv_path, out, args.layers, args.examples), sort_keys=False))
+        job.write_text(yaml.safe_dump(job_for(name, csv_path, out, args.layers, args.examples, ROUNDS[args.round]),
+                                      sort_keys=False))
         start = time.time()
         subprocess.run([sys.executable, "-m", "autotune.cli", "submit", str(job), "--force"], check=True)
         print(f"{name}: {time.time() - start:.0f} s")
         results[name] = read_trials(out)
-    table(results)
+    table(results, ROUNDS[args.round])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
                                                 "python": platform.python_version()},
                                     "args": {k: str(v) for k, v in vars(args).items()},
-                                    "candidates": CANDIDATES, "trials": results}, indent=2))
+                                    "candidates": ROUNDS[args.round], "trials": results}, indent=2))
     print(f"wrote {args.out}")
 
 
@@ -111,10 +136,11 @@ def _best(row: dict) -> float:
     return float(row.get("best_val_accuracy") or row.get("val_accuracy") or 0)
 
 
-def table(results: dict[str, list[dict]]) -> None:
+def table(results: dict[str, list[dict]], candidates: list | None = None) -> None:
     """Per candidate: final and best-rung validation accuracy per data set, mean rank over the data sets."""
+    candidates = CANDIDATES if candidates is None else candidates
     names = list(results)
-    ranks: dict[int, list[int]] = {i: [] for i in range(len(CANDIDATES))}
+    ranks: dict[int, list[int]] = {i: [] for i in range(len(candidates))}
     for name in names:
         rows = sorted(results[name], key=lambda r: int(r["number"]))
         order = sorted(range(len(rows)), key=lambda i: -_best(rows[i]))
@@ -122,7 +148,7 @@ def table(results: dict[str, list[dict]]) -> None:
             ranks[i].append(rank)
     head = f"{'#':>2} {'method':<7} {'knobs':<58}" + "".join(f" {n[:18]:>20}" for n in names) + "  mean rank"
     print(head)
-    for i, (method, knobs) in enumerate(CANDIDATES):
+    for i, (method, knobs) in enumerate(candidates):
         cells = []
         for name in names:
             r = sorted(results[name], key=lambda r: int(r["number"]))[i]
