@@ -314,6 +314,8 @@ def _shutdown_ray() -> None:
 
 
 def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
+    from autotune.search.best import pick_rule
+
     t, v, d = ctx.results.get("tune"), ctx.results.get("validate"), ctx.results.get("deploy")
     metric = ctx.job.config.objective.metric
     s: dict[str, Any] = {"job": ctx.job.config.name, "seconds": round(seconds, 1), "output_dir": str(ctx.out),
@@ -326,9 +328,7 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
             "knobs": t.best_knobs, "trainable_params": t.best_metrics.get("trainable_params"),
             "objective": metric, "objective_value": t.best_metrics.get(metric), "trials": t.counts,
             "best_rung": t.best_metrics.get("rung"), "best_examples": t.best_metrics.get("examples"),
-            "best_rule": t.best_rule or "best validation objective at any evaluated rung of any trial that did not "
-                                        "fail (finished, pruned or stopped by the budget); ties go to fewer trainable "
-                                        "parameters",
+            "best_rule": t.best_rule or pick_rule(ctx.job.config.objective),  # a tune record from before best_rule
         })
         objective = ctx.job.config.objective
         if objective.multi:  # the front, best metric first: what the pick rule chose from
@@ -350,6 +350,8 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
 def _print_summary(console, s: dict[str, Any]) -> None:
     from rich.table import Table
 
+    from autotune.search.best import shown
+
     budget = f" (budget {s['wall_clock_budget_s']:.0f} s)" if s.get("wall_clock_budget_s") else ""
     table = Table(title=f"AutoTune job '{s['job']}' finished in {s['wall_clock_seconds']:.0f} s{budget}", show_header=False)
     table.add_column(style="bold")
@@ -368,7 +370,7 @@ def _print_summary(console, s: dict[str, Any]) -> None:
             metric, *trade_offs = s["objectives"]
             rows.append(("Pareto front", "\n".join(
                 f"trial {p['trial']} {p['method']}: {metric} {p[metric]:.4f}, "
-                + ", ".join(f"{m} {p[m]:.1f}" if m == "seconds" else f"{m} {int(p[m]):,}" for m in trade_offs)
+                + ", ".join(f"{m} {shown(m, p[m])}" for m in trade_offs)
                 for p in s["pareto_front"])))
     if "test_accuracy" in s:
         lo, hi = s["test_accuracy_ci"]

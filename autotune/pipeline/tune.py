@@ -106,6 +106,8 @@ def print_pareto(console, result: TuneResult, objective) -> None:
     """The Pareto front as a table: one row per trial on it, the deployed pick marked."""
     from rich.table import Table
 
+    from autotune.search.best import shown
+
     table = Table(title=f"Pareto front: {len(result.pareto)} of {len(result.trials)} trials "
                         f"({', '.join(f'{n} {m}' for n, m in zip(objective.metrics, objective.modes))})")
     for col in ("trial", "method", *objective.metrics, "rung", "pick"):
@@ -113,9 +115,7 @@ def print_pareto(console, result: TuneResult, objective) -> None:
     by_number = {r.number: r for r in result.trials}
     for n in result.pareto:
         r = by_number[n]
-        values = [f"{r.best[m]:.4f}" if m.startswith("val_") else f"{r.best[m]:.1f}" if m == "seconds"
-                  else f"{int(r.best[m]):,}" for m in objective.metrics]
-        table.add_row(str(n), r.method, *values, str(int(r.best.get("rung", 0))),
+        table.add_row(str(n), r.method, *(shown(m, r.best[m]) for m in objective.metrics), str(int(r.best.get("rung", 0))),
                       "deployed" if n == result.best_number else "")
     console.print(table)
     console.print(f"[dim]pick rule: {result.best_rule}[/]")

@@ -68,6 +68,13 @@ def pick_record(records: Iterable[Candidate], objective) -> Any:
     return min(near, key=lambda r: (r.best[by], -sign * r.best[metric], r.number))
 
 
+def shown(name: str, value: float) -> str:
+    """A metric as the tables print it: validation metrics to 4 places, seconds to 0.1, counts as integers."""
+    if name.startswith("val_"):
+        return f"{value:.4f}"
+    return f"{value:.1f}" if name == "seconds" else f"{int(value):,}"
+
+
 def pick_rule(objective) -> str:
     """The deploy rule in words (summary, README, study attrs)."""
     if not objective.multi:

@@ -14,7 +14,7 @@ from ray.tune import Callback
 from ray.tune.stopper import Stopper
 
 from autotune.config.space import CompiledSpace
-from autotune.search.best import BEST_TAG, best_record, pick_record
+from autotune.search.best import BEST_TAG, best_record, pick_record, shown
 from autotune.search.callbacks_keys import NUMBER_KEY
 from autotune.redact import redact
 from autotune.tracking.mlflow_tracker import KNOBS_TAG, NOTE_TAG, STATUS_TAG, TRIAL_ID_TAG, MlflowTracker
@@ -347,9 +347,8 @@ class TrialBook(Callback):
         metric = f"{self.metric} " if name_metric else ""
         if self.objective is not None and self.objective.multi:
             by = self.objective.trade_off
-            value = best.best.get(by, 0)
-            shown = f"{value:.1f}" if by == "seconds" else f"{int(value):,}"
-            return f"pick {metric}{best.best[self.metric]:.4f}, {by} {shown} (trial {best.number}, {best.method})"
+            return (f"pick {metric}{best.best[self.metric]:.4f}, {by} {shown(by, best.best.get(by, 0))} "
+                    f"(trial {best.number}, {best.method})")
         return f"best {metric}{best.best[self.metric]:.4f} (trial {best.number}, {best.method})"
 
     @property
@@ -360,7 +359,7 @@ class TrialBook(Callback):
         """THE best-trial rule: the best objective at any evaluated rung of any trial that did not fail
         (finished, pruned by ASHA, or stopped by the budget); on a tie, fewer trainable parameters. A
         multi-objective job: the Pareto point its pick rule names (best.pick_record)."""
-        if self.objective is not None and self.objective.multi:
+        if self.objective is not None:  # pick_record is best_record for a single objective
             return pick_record(self.records.values(), self.objective)
         return best_record(self.records.values(), self.metric, self.mode)
 
