@@ -322,6 +322,8 @@ def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:
                          "wall_clock_seconds": round(time.time() - ctx.started_at, 1),
                          "wall_clock_budget_s": ctx.job.config.budget.wall_clock_s,
                          "tracking_uri": redact(uri), "mlflow_run_id": ctx.parent_run_id}
+    if ctx.budget_plan is not None:  # where a budgeted job's seconds went (the next plan learns from after_search_s)
+        s["budget_plan"] = {**ctx.budget_plan, "after_search_s": round(time.time() - ctx.search_ended_at, 1)}
     if t is not None:
         s.update({
             "best_trial": f"trial {t.best_number} (Ray {t.best_trial_id})", "method": t.best_method,

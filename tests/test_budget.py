@@ -124,9 +124,9 @@ def test_measured_after_search_time_is_the_floor_of_the_reserve(cache_env):
     assert measured_after_search(key) == 80.0
     assert measured_after_search(history_key(ModelConfig(), 600, False, False)) is None  # another model: not measured
     clock = SearchClock(job_deadline=time.time() + 300, measured_after_s=measured_after_search(key))
-    assert clock.reserve_s() == pytest.approx(92.0)  # the last real run, plus 15%, replaces the estimate
+    assert clock.reserve_s() == pytest.approx(94.0)  # the last real run, plus 15% and 2 s, replaces the estimate
     clock.observe("lora", {"setup_seconds": 30.0, "eval_seconds": 20.0, "rung": 1}, 60.0)
-    assert clock.reserve_s() == pytest.approx(92.0)  # slow trials under load do not inflate a measured reserve
+    assert clock.reserve_s() == pytest.approx(94.0)  # slow trials under load do not inflate a measured reserve
 
 
 def test_fit_plan_shortens_a_trial_to_end_by_the_deadline():
@@ -156,3 +156,28 @@ def test_a_budget_ends_the_trial_annealed_and_evaluated(tiny_model_dir, data):  
     last = reports[-1]
     assert took < 6.0, took
     assert last["rung"] == last["total_rungs"] and last["step"] < last["planned_steps"] == 4000
+
+
+def test_the_plan_records_where_the_seconds_went():
+    start = time.time() - 10
+    clock = SearchClock(started_at=start, job_deadline=start + 100, measured_after_s=20.0)
+    assert not clock.expired() and clock.expired_at is None
+    plan = clock.plan(start + 40)
+    assert plan == {"search_deadline_s": pytest.approx(100 - 25.0), "search_ended_s": pytest.approx(40.0),
+                    "reserved_after_search_s": pytest.approx(25.0)}
+    late = SearchClock(started_at=start, job_deadline=start + 20, measured_after_s=20.0)  # due 5 s ago
+    assert late.expired() and late.plan(time.time())["deadline_seen_s"] == pytest.approx(10.0, abs=1.0)
+
+
+def test_the_driver_imports_what_rebuilding_the_model_takes(tiny_model_dir):
+    import subprocess
+    import sys
+
+    # a fresh interpreter: after the warm-up, building the model imports nothing of transformers' or peft's
+    code = (f"from autotune.config.job import ModelConfig; from autotune.training.model import warm_model_imports, build_model;"
+            f"import sys; cfg = ModelConfig(name_or_path={str(tiny_model_dir)!r}); warm_model_imports(cfg);"
+            f"before = set(sys.modules); build_model(cfg, ['a', 'b']);"
+            f"new = [m for m in set(sys.modules) - before if m.startswith(('transformers', 'peft'))]; print(new)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -57,9 +57,12 @@ def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_mo
     took = time.time() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    print(f"wall clock {summary['wall_clock_seconds']} s of {budget} s (outside view {took:.1f} s); trials {summary['trials']}")
+    print(f"wall clock {summary['wall_clock_seconds']} s of {budget} s (outside view {took:.1f} s); trials {summary['trials']}; "
+          f"plan {summary.get('budget_plan')}")
     assert summary["wall_clock_seconds"] <= budget * 1.05, summary  # the plan held, start-up included
     assert summary["registered"] and summary["test_accuracy"] is not None
+    plan = summary["budget_plan"]  # where the seconds went, for the user (and for this assertion's message)
+    assert {"search_deadline_s", "search_ended_s", "reserved_after_search_s", "after_search_s"} <= set(plan), plan
     assert sum(summary["trials"].values()) >= 1
 
     client, parents, children = _runs(out, "budgeted")

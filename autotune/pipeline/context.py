@@ -21,6 +21,7 @@ class JobContext:
     started_at: float = 0.0  # wall-clock start of this process (budget.wall_clock_s counts from here)
     search_ended_at: float | None = None  # set by the tune stage: the stages after it are timed for the next plan
     history_key: str | None = None
+    budget_plan: dict[str, float] | None = None  # set by the tune stage of a budgeted job: the plan and how it went
     best_model: tuple[str, Any] | None = None  # (checkpoint, exported model) as validate scored it, for deploy
     results: dict[str, Any] = field(default_factory=dict)  # stage name -> typed result model
 

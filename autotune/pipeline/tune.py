@@ -52,6 +52,10 @@ def run(ctx: JobContext) -> TuneResult:
     pre = ctx.results["preprocess"]
     tokens = load_tokens(pre.tokens_path)
     start = time.time()
+    if ctx.job.config.budget.wall_clock_s and {"validate", "deploy"} & set(ctx.job.config.stages):
+        from autotune.training.model import warm_model_imports
+
+        warm_model_imports(ctx.job.config.model)  # before the plan: its seconds come out of the search, not after it
     clock = search_clock(ctx, tokens, start)
     if clock.budgeted:
         ctx.console.print(f"budget: the search may run {clock.left():.0f} s (validate and deploy get "
@@ -62,6 +66,8 @@ def run(ctx: JobContext) -> TuneResult:
     outcome = run_search(ctx.job, pre.labels, tokens, ctx.tracker, ctx.parent_run_id, ctx.console,
                          address=ctx.address, resume=ctx.resume, clock=clock, layer_ranking=ranking)
     ctx.search_ended_at = time.time()  # what comes after is what the next job's budget plan reserves for
+    if clock.budgeted:
+        ctx.budget_plan = clock.plan(ctx.search_ended_at)
     seconds = time.time() - start
     rows = [
         TrialRow(trial_id=r.trial_id, number=r.number, method=r.method, knobs=r.knobs, status=r.status,

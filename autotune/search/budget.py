@@ -28,6 +28,7 @@ MODEL_BUILDS_AFTER_SEARCH = 3  # validate: best; deploy: the artifact, loaded tw
 TEST_PASSES_AFTER_SEARCH = 2  # validate: best; deploy: the shipped copy, part (+1 for int8, +1 diagnostics)
 DEFAULT_SETUP_S = 3.0  # before any trial reported: model load + method apply (3-layer MiniLM here: ~1.5 s)
 MEASURED_MARGIN = 1.15  # on top of what the stages after the search took last time (same model, here)
+MEASURED_PAD_S = 2.0  # ... plus this: a few-second measurement (a tiny model) has no room in 15% for a noisy machine
 DEFAULT_EVAL_S = 1.0  # one validation pass, before any trial reported (300 examples x 64 tokens: ~0.7 s)
 
 
@@ -56,6 +57,16 @@ class SearchClock:
     eval_s: list[float] = field(default_factory=list)
     first_rung_s: dict[str, float] = field(default_factory=dict)  # method -> fastest start-to-first-report
     measured_after_s: float | None = None  # what the stages after the search took last time (same model, here)
+    expired_at: float | None = None  # when the search was first seen past its deadline
+
+    def plan(self, ended_at: float) -> dict[str, float]:
+        """The budget plan as it stood when the search ended, in seconds from the job's start: the search's
+        deadline, when it was seen to pass, when the search really ended, and what validate and deploy were given."""
+        d = self.deadline()
+        out = {"search_deadline_s": d - self.started_at if d is not None else None,
+               "deadline_seen_s": self.expired_at - self.started_at if self.expired_at is not None else None,
+               "search_ended_s": ended_at - self.started_at, "reserved_after_search_s": self.reserve_s()}
+        return {k: round(v, 1) for k, v in out.items() if v is not None}
 
     @property
     def budgeted(self) -> bool:
@@ -83,7 +94,7 @@ class SearchClock:
         if self.measured_after_s is not None:
             # measured beats estimated: the driver's stages run on every core once the trials are gone, so a
             # formula fed by single-threaded trials under load overshoots by 2x; the last real run does not
-            return MEASURED_MARGIN * self.measured_after_s
+            return MEASURED_MARGIN * self.measured_after_s + MEASURED_PAD_S
         return FIXED_AFTER_SEARCH_S + builds * setup + passes * evals
 
     def deadline(self) -> float | None:
@@ -98,7 +109,11 @@ class SearchClock:
         return float("inf") if d is None else d - time.time()
 
     def expired(self) -> bool:
-        return self.left() <= 0
+        if self.left() > 0:
+            return False
+        if self.expired_at is None:
+            self.expired_at = time.time()
+        return True
 
     def can_start_trial(self) -> bool:
         """False when the first rung of the slowest method seen so far would not fit in the time left. The
