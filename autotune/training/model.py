@@ -66,14 +66,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model")
 
 
-def warm_model_imports(cfg: ModelConfig) -> float:
+def warm_model_imports(cfg: ModelConfig) -> None:
     """Import in this process what building the model takes (transformers, its modeling module for this model
-    type, peft); seconds spent. A budgeted job does it before the search: the stages after the search rebuild
+    type, peft). A budgeted job does it before the search: the stages after the search rebuild
     the best model, and ~5 s of imports there (a token-cache hit spares preprocess the transformers import) would
     land after the search's deadline, past what the budget plan reserved for validate and deploy."""
-    import time
-
-    start = time.time()
     from transformers import AutoConfig, AutoModel
 
     import autotune.training.modeling_autotune  # noqa: F401
@@ -84,7 +81,6 @@ def warm_model_imports(cfg: ModelConfig) -> float:
         AutoModel._model_mapping[type(AutoConfig.from_pretrained(resolve_model_path(cfg.name_or_path)))]
     except Exception:  # noqa: BLE001 - an unknown model type fails where the model is built, with its own message
         pass
-    return time.time() - start
 
 
 def tokenizer_files_digest(model_dir: str | Path | None) -> str | None:
