@@ -128,3 +128,35 @@ def test_artifacts_kept_elsewhere_on_purpose_are_not_touched(tmp_path):
     with pytest.raises(ConfigError) as err:
         open_folder_store(copy, "other")
     assert err.value.problems == [f"{copy / 'mlflow.db'}: no MLflow experiment named 'other' in this store"]
+
+
+def test_store_left_mid_write_by_a_killed_job_opens(tmp_path):
+    """kill -9 during an MLflow write leaves a hot journal beside mlflow.db; a `mode=ro` connection cannot roll
+    it back and SQLite refuses to read at all ("attempt to write a readonly database" - what made `autotune
+    resume` refuse the folder now and then). The folder's store opens, the write that was cut short is rolled
+    back, and the child-run reader of `autotune status` reads it too."""
+    import signal
+    import subprocess
+    import sys
+
+    from autotune.tracking.sqlite_read import child_runs
+
+    out = tmp_path / "out"
+    ids = make_store(out)
+    db = out / "mlflow.db"
+    writer = ("import os, signal, sqlite3\n"
+              f"c = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+              "c.execute('PRAGMA cache_size=1')\n"  # spill pages to the file: the journal must be hot
+              "c.execute('BEGIN')\n"
+              "for i in range(5000): c.execute('INSERT INTO tags (key, value, run_uuid) VALUES (?, ?, ?)', "
+              f"(f'k{{i}}', 'x' * 200, {ids['child']!r}))\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    assert subprocess.run([sys.executable, "-c", writer]).returncode == -signal.SIGKILL
+    assert (out / "mlflow.db-journal").exists()
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):  # what a plain read-only reader meets
+        sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True).execute("SELECT count(*) FROM runs").fetchall()
+
+    runs = child_runs(db, "job", ids["parent"])
+    assert [r.run_id for r in runs] == [ids["child"]] and "k0" not in runs[0].tags  # rolled back
+    assert not (out / "mlflow.db-journal").exists()
+    assert open_folder_store(out, "job").uri.endswith("mlflow.db")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autotune.errors import ConfigError
+from autotune.tracking.sqlite_read import connect_read
 
 DB = "mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -85,7 +86,7 @@ def _written_at(db: Path, experiment: str) -> str | None:
     """`file:///OLD/` when the experiment's artifacts were written to OLD/mlartifacts, else None (artifacts
     elsewhere: an object store, another folder on purpose)."""
     try:
-        con = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=30)
+        con = connect_read(db, timeout=30)
         try:
             row = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment,)).fetchone()
         finally:
