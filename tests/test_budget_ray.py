@@ -1,7 +1,9 @@
 """Budgets and interrupts through the real engines (Ray Tune + Optuna + MLflow, tiny model):
 - a whole-job wall-clock budget ends with a registered model, inside the budget, and no record left RUNNING;
 - Ctrl-C during the search stops the pipeline there (exit 130, nothing validated or deployed), and
-  `autotune resume` continues the search to the end.
+  `autotune resume` continues the search to the end;
+- a budgeted search interrupted and resumed after its deadline gets a budget of its own and continues the
+  trials that were in flight.
 """
 
 from __future__ import annotations
@@ -88,9 +90,30 @@ def _optuna_states(out: Path, name: str) -> dict[int, tuple[str, int]]:
     return {t.number: (t.state.name, len(t.intermediate_values)) for t in study.trials}
 
 
-def test_ctrl_c_stops_the_pipeline_and_resume_continues_the_search(tiny_model_dir, synthetic_csv, tmp_path):
-    from mlflow.tracking import MlflowClient
+def _submit_then_ctrl_c(job: Path, out: Path, name: str, ready) -> str:
+    """Submit `job`, wait for the event the test needs (`ready(states)` of the Optuna trials: number ->
+    (state, rungs reported)), then Ctrl-C the whole process group as a terminal does; its stderr."""
+    driver = subprocess.Popen([sys.executable, "-m", "autotune.cli", "submit", str(job)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if ready(_optuna_states(out, name)):
+            break
+        assert driver.poll() is None, driver.stderr.read()[-2000:]
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the search never reached the point to interrupt it ({name})")
+    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole process group
+    try:
+        _, err = driver.communicate(timeout=90)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert driver.returncode == 130, err[-3000:]
+    return err
 
+
+def test_ctrl_c_stops_the_pipeline_and_resume_continues_the_search(tiny_model_dir, synthetic_csv, tmp_path):
     job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, """
         search:
           space:
@@ -101,27 +124,12 @@ def test_ctrl_c_stops_the_pipeline_and_resume_continues_the_search(tiny_model_di
         scheduler: {kind: fifo}
     """, name="ctrlc")
     out = tmp_path / "out"
-    driver = subprocess.Popen([sys.executable, "-m", "autotune.cli", "submit", str(job)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, start_new_session=True)
-    # wait for the event the test needs: one trial done and the next one in the middle of training
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        states = _optuna_states(out, "ctrlc")
-        done = [n for n, (s, _) in states.items() if s == "COMPLETE"]
-        mid = [n for n, (s, k) in states.items() if s == "RUNNING" and k >= 1]
-        if done and mid:
-            break
-        assert driver.poll() is None, driver.stderr.read()[-2000:]
-        time.sleep(0.3)
-    else:
-        pytest.fail("the search never had a trial in the middle of training")
-    os.killpg(driver.pid, signal.SIGINT)  # Ctrl-C in a terminal signals the whole process group
-    try:
-        _, err = driver.communicate(timeout=90)
-    finally:
-        if driver.poll() is None:
-            os.killpg(driver.pid, signal.SIGKILL)
-    assert driver.returncode == 130, err[-3000:]
+
+    def one_done_one_mid_training(states):
+        return ([n for n, (s, _) in states.items() if s == "COMPLETE"]
+                and [n for n, (s, k) in states.items() if s == "RUNNING" and k >= 1])
+
+    err = _submit_then_ctrl_c(job, out, "ctrlc", one_done_one_mid_training)
     assert "interrupted" in err and "Traceback" not in err
     states = {s: json.loads((out / "state" / f"{s}.json").read_text())["status"]
               for s in ("tune", "validate", "deploy") if (out / "state" / f"{s}.json").is_file()}
@@ -147,3 +155,47 @@ def test_ctrl_c_stops_the_pipeline_and_resume_continues_the_search(tiny_model_di
         steps = [m.step for m in client.get_metric_history(c.info.run_id, "val_loss")]
         assert steps == sorted(set(steps)) and len(steps) == 12, (c.info.run_name, steps)
     assert (out / "artifact" / "MANIFEST.json").is_file()
+
+
+def test_budgeted_search_interrupted_then_resumed_continues_its_trials(tiny_model_dir, synthetic_csv, tmp_path):
+    """Ctrl-C in a wall-clock-budgeted search, `autotune resume` after the first run's deadline has passed: the
+    resumed search gets its own budget and continues the trials that were in flight. (Ray restores the stopper
+    it saved in place of the driver's own: it used to bring back the first run's expired clock, which stopped
+    every trial at once - the in-flight trials ended FAIL in Optuna, KILLED in MLflow and were missing from
+    trials.csv and the summary's counts.)"""
+    budget = 55  # start-up and validate + deploy's reserve take ~30 s of it
+    job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, f"""
+        search:
+          space:
+            methods:
+              full: {{learning_rate: {{low: 1.0e-4, high: 3.0e-3, log: true}}}}
+        budget: {{wall_clock_s: {budget}, max_concurrent_trials: 1}}
+        training: {{epochs: 16, batch_size: 4, evals_per_epoch: 1, warmup_ratio: 0.0}}
+        scheduler: {{kind: fifo}}
+    """, name="budgetresume")
+    out = tmp_path / "out"
+    started = time.time()
+    # a trial in the middle of training (the first one: the first run's search window is short)
+    _submit_then_ctrl_c(job, out, "budgetresume",
+                        lambda states: [n for n, (s, k) in states.items() if s == "RUNNING" and k >= 2])
+    in_flight = {n: k for n, (s, k) in _optuna_states(out, "budgetresume").items() if s == "RUNNING"}
+    assert in_flight
+    time.sleep(max(0.0, started + budget + 1 - time.time()))  # the first run's deadline is over
+
+    proc = subprocess.run([sys.executable, "-m", "autotune.cli", "resume", str(out)], capture_output=True, text=True,
+                          timeout=budget + 120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = _study(out, "budgetresume")
+    states = {t.number: (t.state.name, len(t.intermediate_values)) for t in study.trials}
+    assert not [n for n, (s, _) in states.items() if s in ("RUNNING", "FAIL")], states
+    assert any(states[n][1] > k for n, k in in_flight.items()), (in_flight, states)  # continued, not dropped
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["trials"].values()) == len(study.trials), (summary["trials"], states)
+    assert summary["budget_plan"]["search_ended_s"] > 5, summary["budget_plan"]  # it searched, on its own clock
+    rows = (out / "trials.csv").read_text().splitlines()[1:]
+    assert len(rows) == len(study.trials) and not [r for r in rows if ",running," in r or ",failed," in r]
+    client, parents, children = _runs(out, "budgetresume")
+    assert parents[0].info.status == "FINISHED" and len(children) == len(study.trials)
+    assert not [c for c in children if c.info.status == "RUNNING"]
+    for c in children:  # a continued trial does not keep the reason it stopped last time
+        assert not (c.info.status == "FINISHED" and "autotune.stop_reason" in c.data.tags), c.data.tags

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ray.tune import Callback
-from ray.tune.stopper import Stopper
+from ray.tune.stopper import NoopStopper, Stopper
 
 from autotune.config.space import CompiledSpace
 from autotune.search.best import BEST_TAG, best_record, pick_record, shown
@@ -429,15 +429,34 @@ class _Reported:
     trial_id: str
 
 
+_LIVE_GUARD: FailureGuard | None = None  # this driver's guard: what a saved one comes back as
+
+
+def _live_guard() -> Stopper:
+    """What a pickled FailureGuard loads as: the guard of the search running in this process, or a stopper
+    that never stops where there is none (the state read by a tool, not by a search)."""
+    return _LIVE_GUARD if _LIVE_GUARD is not None else NoopStopper()
+
+
 class FailureGuard(Stopper):
     """Stops the whole search after N consecutive failed trials (a broken setup, not bad luck), and when
     the budget's deadline has passed (`clock`)."""
 
     def __init__(self, book: TrialBook, limit: int, clock=None):
+        global _LIVE_GUARD
         self.book = book
         self.limit = limit
         self.clock = clock
         self.deadline_hit = False
+        _LIVE_GUARD = self
+
+    def __reduce__(self):
+        # Ray saves the stopper in its experiment state, and `Tuner.restore` puts the saved one back in place
+        # of the driver's own (TuneController.__setstate__ restores `_stopper`). A copy would bring back the
+        # interrupted run's clock - its deadline long past, so a budgeted search resumed and stopped every
+        # trial at once, in-flight trials lost - and a copy of its TrialBook, every record pickled again at
+        # each save. Saved as a reference instead: loaded, it is the guard of the search now running.
+        return (_live_guard, ())
 
     def __call__(self, trial_id, result) -> bool:
         return False

@@ -93,7 +93,10 @@ class MlflowTracker:
         return run.info.run_id
 
     def reopen(self, run_id: str) -> None:
+        """A trial's run continues (resumed or retried): RUNNING again, without the reason it stopped last time."""
         self.client.update_run(run_id, status="RUNNING")
+        if "autotune.stop_reason" in self.client.get_run(run_id).data.tags:
+            self.client.delete_tag(run_id, "autotune.stop_reason")
 
     def child_for_trial(self, parent_id: str, trial_id: str, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
         """The child run of a trial: the existing one if the trial ran before, else a new one."""
@@ -103,7 +106,7 @@ class MlflowTracker:
             max_results=1,
         )
         if found:
-            self.client.update_run(found[0].info.run_id, status="RUNNING")
+            self.reopen(found[0].info.run_id)
             return found[0].info.run_id, False
         run = self.client.create_run(
             self.experiment_id,
