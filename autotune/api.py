@@ -233,7 +233,6 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
                  started_at: float) -> dict[str, Any]:
     from autotune.pipeline.context import JobContext
     from autotune.pipeline.runner import run_stages
-    from autotune.tracking.mlflow_tracker import MlflowTracker, artifact_location, flatten
 
     console = console or _console()
     uri = tracking_uri(job)
@@ -248,22 +247,17 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
         note = open_folder_store(job.output_dir, experiment, need_artifacts=False).note
         if note:
             console.print(note)
-    tracker = MlflowTracker(uri, experiment, artifact_location(uri))
-    state = store.job()
-    if resume and state and state.parent_run_id:
-        parent = state.parent_run_id
-        tracker.reopen(parent)
-        console.print(f"resuming job [bold]{job.config.name}[/] in {job.output_dir} (MLflow run {parent})")
-    else:
-        parent = tracker.start_parent(job.config.name, {"autotune.job": job.config.name,
-                                                        "autotune.output_dir": str(job.output_dir)})
-        state = JobState(name=job.config.name, job_fingerprint=job.fingerprint(), parent_run_id=parent,
-                         tracking_uri=redact(uri), experiment=experiment)
-        store.save_job(state)
-        tracker.log_params(parent, {k: v for k, v in flatten(job.resolved_dict()).items() if not k.startswith("search.space")})
-        tracker.log_artifact(parent, str(job.output_dir / "job.yaml"), "job")
-        tracker.log_dict(parent, job.space_raw.model_dump(mode="json", exclude_none=True), "job/search_space.json")
-        console.print(f"job [bold]{job.config.name}[/] -> {job.output_dir} (MLflow run {parent})")
+    if "tune" in job.config.stages and not (resume and store.stage("tune").status == "succeeded"):
+        import ray  # noqa: F401 - imported here: the thread below only starts it (no two threads importing at once)
+
+        from autotune.search.tuner import start_ray_early
+
+        start_ray_early(job, address)  # its ~5 s of start-up overlap the MLflow set-up and preprocess
+    try:
+        tracker, parent = _open_job_run(job, store, uri, experiment, resume, console)
+    except BaseException:
+        _shutdown_ray()  # not left starting (or started) behind a failed MLflow set-up
+        raise
     ctx = JobContext(job=job, tracker=tracker, parent_run_id=parent, console=console, store=store,
                      address=address, resume=resume, started_at=started_at)
     start = time.time()
@@ -303,14 +297,41 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
     return summary
 
 
+def _open_job_run(job: ResolvedJob, store: StateStore, uri: str, experiment: str, resume: bool, console):
+    """The job's MLflow parent run: reopened on resume, else started with the job's params and files."""
+    from autotune.tracking.mlflow_tracker import MlflowTracker, artifact_location, flatten
+
+    tracker = MlflowTracker(uri, experiment, artifact_location(uri))
+    state = store.job()
+    if resume and state and state.parent_run_id:
+        parent = state.parent_run_id
+        tracker.reopen(parent)
+        console.print(f"resuming job [bold]{job.config.name}[/] in {job.output_dir} (MLflow run {parent})")
+    else:
+        parent = tracker.start_parent(job.config.name, {"autotune.job": job.config.name,
+                                                        "autotune.output_dir": str(job.output_dir)})
+        state = JobState(name=job.config.name, job_fingerprint=job.fingerprint(), parent_run_id=parent,
+                         tracking_uri=redact(uri), experiment=experiment)
+        store.save_job(state)
+        tracker.log_params(parent, {k: v for k, v in flatten(job.resolved_dict()).items() if not k.startswith("search.space")})
+        tracker.log_artifact(parent, str(job.output_dir / "job.yaml"), "job")
+        tracker.log_dict(parent, job.space_raw.model_dump(mode="json", exclude_none=True), "job/search_space.json")
+        console.print(f"job [bold]{job.config.name}[/] -> {job.output_dir} (MLflow run {parent})")
+    return tracker, parent
+
+
 def _shutdown_ray() -> None:
     import sys
 
     if "ray" in sys.modules:
         import ray
 
+        from autotune.search.tuner import join_early_ray, release_early_ray
+
+        join_early_ray(raise_error=False)  # a start still under way (a stage failed before the search) ends first
         if ray.is_initialized():
             ray.shutdown()
+        release_early_ray()
 
 
 def _summary(ctx, seconds: float, uri: str) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -146,8 +147,67 @@ def ray_address(job: ResolvedJob, address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or job.config.ray.address
 
 
+_EARLY: dict = {}  # Ray started in the background (start_ray_early): its events, and what it raised
+
+
+def start_ray_early(job: ResolvedJob, address: str | None) -> None:
+    """Start Ray in a background thread while the driver does its own set-up (MLflow runs, preprocess): the ~5 s
+    Ray takes to start its processes overlap them instead of coming after them. `init_ray` waits for it. The
+    thread lives until `release_early_ray`: Ray starts its processes with PR_SET_PDEATHSIG, which fires when
+    the *thread* that started them ends - the GCS and raylet would die with it."""
+    import threading
+
+    if _EARLY:
+        return
+    ready, release = threading.Event(), threading.Event()
+
+    def start():
+        try:
+            _init_ray(job, address)
+        except BaseException as exc:  # noqa: BLE001 - raised again by the thread that needs Ray
+            _EARLY["error"] = exc
+        finally:
+            ready.set()
+        release.wait()
+
+    _EARLY.update(ready=ready, release=release, error=None)
+    threading.Thread(target=start, name="autotune-ray-start", daemon=True).start()
+
+
+def join_early_ray(raise_error: bool = True) -> None:
+    """Wait for a background start of Ray; raise what it raised. In the main thread, SIGTERM then ends the
+    process with SystemExit, as `ray.init` sets it up when called there (it cannot from a thread)."""
+    import signal
+    import threading
+
+    ready = _EARLY.get("ready")
+    if ready is None or _EARLY.get("joined"):
+        return
+    ready.wait()
+    _EARLY["joined"] = True
+    error = _EARLY.get("error")
+    if error is None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    if error is not None and raise_error:
+        raise error
+
+
+def release_early_ray() -> None:
+    """After ray.shutdown: the thread that started Ray ends (a later job starts its own)."""
+    release = _EARLY.get("release")
+    _EARLY.clear()
+    if release is not None:
+        release.set()
+
+
 def init_ray(job: ResolvedJob, address: str | None) -> None:
+    join_early_ray()
+    _init_ray(job, address)
+
+
+def _init_ray(job: ResolvedJob, address: str | None) -> None:
     import logging
+    import threading
 
     import ray
 
@@ -163,6 +223,8 @@ def init_ray(job: ResolvedJob, address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # our own progress lines replace Tune's tables
     # save the experiment state (trials, searcher, scheduler) often: it is what `autotune resume` restores
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    if threading.current_thread() is not threading.main_thread():  # its "SIGTERM handler is not set": see join_early_ray
+        logging.getLogger("ray._private.worker").setLevel(logging.ERROR)
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
     else:
