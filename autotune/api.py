@@ -124,10 +124,7 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
                     f"{job_path}: output_dir: {job.output_dir} already holds a job; continue it with "
                     f"`autotune resume {job.output_dir}`, start over with --force, or set another output_dir"
                 ])
-            for sub in ("state", "ray", "data", "artifact", "plots", "champion"):
-                shutil.rmtree(job.output_dir / sub, ignore_errors=True)
-            for f in ("optuna.db", "trials.csv", "predictions_test.json", "job.yaml"):
-                (job.output_dir / f).unlink(missing_ok=True)
+            start_over(job.output_dir)
         job.output_dir.mkdir(parents=True, exist_ok=True)
         import yaml
 
@@ -137,6 +134,20 @@ def submit(job_path: str | Path, address: str | None = None, force: bool = False
             + yaml.safe_dump(job.resolved_dict(), sort_keys=False)
         ))
         return _run(job, store, address, resume=False, console=console, started_at=started_at)
+
+
+# what a job writes in its folder, apart from the MLflow store (its runs stay: a new parent run joins them)
+JOB_DIRS = ("state", "ray", "data", "artifact", "plots", "champion", "search", "mlflow-staging")
+JOB_FILES = ("optuna.db", "trials.csv", "predictions_test.json", "job.yaml", "rungs.jsonl", "summary.json")
+
+
+def start_over(out: Path) -> None:
+    """`submit --force`: the earlier job's own records go - its rungs.jsonl was appended to, its summary.json
+    would speak for a job that may now fail - before the new job writes its own."""
+    for sub in JOB_DIRS:
+        shutil.rmtree(out / sub, ignore_errors=True)
+    for f in JOB_FILES:
+        (out / f).unlink(missing_ok=True)
 
 
 def resume(output_dir: str | Path, address: str | None = None, console=None,
