@@ -263,7 +263,7 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
 
         from autotune.search.tuner import start_ray_early
 
-        start_ray_early(job, address)  # its ~5 s of start-up overlap the MLflow set-up and preprocess
+        start_ray_early(job, address)  # its start-up overlaps the MLflow set-up and preprocess
     try:
         tracker, parent = _open_job_run(job, store, uri, experiment, resume, console)
     except BaseException:

@@ -93,7 +93,8 @@ class MlflowTracker:
         return run.info.run_id
 
     def reopen(self, run_id: str) -> None:
-        """A trial's run continues (resumed or retried): RUNNING again, without the reason it stopped last time."""
+        """A run continues (a resumed job or trial, a retried trial): RUNNING again, without the reason it stopped
+        last time."""
         self.client.update_run(run_id, status="RUNNING")
         if "autotune.stop_reason" in self.client.get_run(run_id).data.tags:
             self.client.delete_tag(run_id, "autotune.stop_reason")
