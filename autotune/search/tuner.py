@@ -152,9 +152,9 @@ _EARLY: dict = {}  # Ray started in the background (start_ray_early): its events
 
 def start_ray_early(job: ResolvedJob, address: str | None) -> None:
     """Start Ray in a background thread while the driver does its own set-up (MLflow runs, preprocess): Ray's
-    start-up overlaps them instead of coming after them (0.5-1 s saved on 2 cores, where they share the CPU). `init_ray` waits for it. The
-    thread lives until `release_early_ray`: Ray starts its processes with PR_SET_PDEATHSIG, which fires when
-    the *thread* that started them ends - the GCS and raylet would die with it."""
+    start-up overlaps them instead of coming after them (0.5-1 s saved on 2 cores, where they share the CPU).
+    `init_ray` waits for it. The thread lives until `release_early_ray`: Ray starts its processes with
+    PR_SET_PDEATHSIG, which fires when the *thread* that started them ends - the GCS and raylet would die with it."""
     import threading
 
     if _EARLY:
