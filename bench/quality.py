@@ -507,11 +507,26 @@ def model_layers() -> int:
         return 6
 
 
+def merge_samples(reports: list[Path], data: list[str], budgets: list[float], tools: list[str]) -> list[dict]:
+    """The samples of earlier reports of this bench for the same data sets, budgets and tools, each marked with
+    the report it came from (`merged_from`): the way to build 3 seeds out of runs made in separate sittings."""
+    out = []
+    for path in reports:
+        for sample in json.loads(path.read_text()).get("samples", []):
+            if sample["data"] in data and float(sample["budget_s"]) in budgets and sample["tool"] in tools:
+                out.append(dict(sample, merged_from=str(path)))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--budget", type=float, nargs="+", default=[150.0, 420.0, 900.0],
                     help="wall-clock budgets in seconds, process start to a test score")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per (data set, budget)")
+    ap.add_argument("--first-seed", type=int, default=0, help="run seeds K..K+N-1 instead (to add to --merge)")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[],
+                    help="earlier reports of this bench whose samples (other seeds of the same data, budgets and "
+                         "tools) join this run's in the table, the bars and the plot; each keeps its source")
     ap.add_argument("--data", nargs="+", default=list(DATA_SETS), choices=list(DATA_SETS))
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
     ap.add_argument("--layers", type=int, default=None, help="encoder layers kept (default: all of the model's)")
@@ -546,6 +561,11 @@ def main(argv: list[str] | None = None) -> int:
                   "no_model": "a run without a test score counts as test accuracy 0 in medians and spreads",
                   "curve": "[[seconds since process start, best validation accuracy so far], ...]"}}
     samples: list[dict] = []
+    merged = merge_samples(args.merge, args.data, args.budget, args.tools)
+    again = sorted({(m["data"], m["budget_s"], m["seed"]) for m in merged
+                    if args.first_seed <= m["seed"] < args.first_seed + args.seeds})
+    if again:
+        raise SystemExit(f"--merge already holds (data, budget, seed) {again}: choose --first-seed past them")
     try:
         data = {name: prepare_data(name, cache_dir, workdir) for name in args.data}
         report["data"] = data
@@ -553,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         k = 0
         for name in args.data:
             for budget in args.budget:
-                for seed in range(args.seeds):
+                for seed in range(args.first_seed, args.first_seed + args.seeds):
                     order = args.tools[seed % len(args.tools):] + args.tools[:seed % len(args.tools)]
                     for tool in order:
                         k += 1
@@ -579,6 +599,7 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"      why: {sample.get('no_model_reason')}", flush=True)
                         report["samples"] = samples
                         out.write_text(json.dumps(report, indent=1, default=str))  # partial results survive a crash
+        samples += merged
         rows, bars = aggregate(samples, args.data, args.budget, args.tools)
         report.update({"samples": samples, "summary": rows, "bar": bars,
                        "seconds": round(time.time() - started, 1), "load_avg_end": os.getloadavg()})
