@@ -88,3 +88,25 @@ def test_vectorised_macro_f1_bootstrap_matches_the_loop():
     p = np.where(rng.random(300) < 0.7, y, rng.integers(0, 5, 300))
     slow = bootstrap_ci(y == p, 200, 0, stat=lambda ix: macro_f1(y[ix].tolist(), p[ix].tolist(), 5))
     assert bootstrap_macro_f1_ci(y, p, 5, 200, 0) == pytest.approx(slow, abs=1e-12)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1e6, "at_norm"])
+def test_clip_grad_norm_is_torchs_to_the_bit(max_norm):
+    """The loop's clipping skips torch's multiply-by-1 pass when nothing is clipped; the gradients it leaves are
+    exactly torch's clip_grad_norm_'s - clipped, not clipped, and at the boundary (the 1e-6 in torch's scale)."""
+    from autotune.training.loop import clip_grad_norm
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(64, 32), (32,), (7, 5, 3)]
+    grads = [torch.randn(s, generator=gen) for s in shapes]
+    if max_norm == "at_norm":
+        max_norm = float(torch.nn.utils.get_total_norm(grads)) + 5e-7  # scale = max_norm / (norm + 1e-6) < 1
+    ours, theirs = ([torch.nn.Parameter(torch.zeros(s)) for s in shapes] for _ in range(2))
+    ours.append(torch.nn.Parameter(torch.zeros(3)))  # a parameter without a gradient (frozen this step)
+    for a, b, g in zip(ours, theirs, grads):
+        a.grad, b.grad = g.clone(), g.clone()
+    clip_grad_norm(ours, max_norm)
+    torch.nn.utils.clip_grad_norm_(theirs, max_norm)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a.grad, b.grad)
+    assert ours[-1].grad is None

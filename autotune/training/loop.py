@@ -174,6 +174,23 @@ def fit_plan(step: int, total_steps: int, rungs: list[int], seconds_per_step: fl
     return fits, sorted({r for r in rungs if r < fits} | {fits})
 
 
+
+def clip_grad_norm(params, max_norm: float) -> None:
+    """`torch.nn.utils.clip_grad_norm_`, without its second pass over every gradient when nothing is clipped.
+
+    clip_grad_norm_ always multiplies each gradient by min(1, max_norm / (norm + 1e-6)), also when that is 1:
+    for full fine-tuning a needless read and write of every gradient each step (~half of its cost, ~2% of a
+    step on a CPU, bench/throughput.py). The result is the same to the bit: the scale is applied exactly when
+    it is below 1."""
+    import torch
+
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norm = torch.nn.utils.get_total_norm(grads)
+    if float(norm) + 1e-6 > max_norm:
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+
 def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learning_rate: float, seed: int,
           on_rung: Callable[[dict[str, float], int], None], start_step: int = 0,
           deadline: float | None = None) -> dict[str, float]:
@@ -199,6 +216,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
     order_gen = torch.Generator().manual_seed(seed)  # same data order for every trial of a job: a fair race
 
     trainable = prepared.trainable_params
+    trained = [p for g in optimizer.param_groups for p in g["params"]]
     step, seen, since_rung_loss, since_rung_n = 0, 0, 0.0, 0
     start = time.perf_counter()
     wall_start, trained_steps, eval_seconds, planned = time.time(), 0, 0.0, total_steps
@@ -220,7 +238,7 @@ def train(prepared, data: dict[str, dict[str, Any]], cfg: TrainingConfig, learni
                 raise TrialFailed(f"loss became {loss_value} at step {step} (learning_rate={learning_rate:g})")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.max_grad_norm)
+            clip_grad_norm(trained, cfg.max_grad_norm)
             optimizer.step()
             prepared.after_optimizer_step(step)
             step += 1
