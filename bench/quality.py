@@ -3,6 +3,8 @@
     python bench/quality.py --budget 150 420 900 --seeds 3 --data rotten_tomatoes trec_question_type \
         --tools autotune bare_asha random hf_trainer [--layers N] [--out bench/results/quality.json]
     python bench/quality.py --quick        # smoke run (CI): 1 layer, rotten_tomatoes, 60 s, 1 seed, autotune + random
+    python bench/quality.py --budget 420 --seeds 2 --first-seed 1 --merge docs/results/quality-420-1seed-r4.json ...
+                                           # seeds 1-2 now, seed 0 from an earlier report, one table
 
 Tools (each in its own subprocess, so every tool pays its own imports and Ray start-up inside its budget):
   autotune    `autotune submit JOB.yaml --force` on a generated job as a new user writes it: the packaged MiniLM
