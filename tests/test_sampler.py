@@ -44,7 +44,7 @@ def run(sampler, storage: str, n: int = 40, objectives: int = 1) -> tuple[list[d
                 done.report(score - 0.5, 2)
                 study.tell(done, state=optuna.trial.TrialState.PRUNED)
             else:
-                study.tell(done, [score, len(done.params)][:objectives] if objectives > 1 else score)
+                study.tell(done, [score, len(done.params)] if objectives == 2 else score)
     return points, reads
 
 
