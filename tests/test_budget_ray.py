@@ -70,11 +70,14 @@ def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_mo
     client, parents, children = _runs(out, "budgeted")
     assert parents[0].info.status == "FINISHED"
     assert not [c for c in children if c.info.status == "RUNNING"]
+    optuna_state = {t.number: t.state.name for t in _study(out, "budgeted").trials}
     for c in children:  # a trial the budget cut is marked as such, with the metrics it had reached
         if c.data.tags.get("autotune.trial_status") == "stopped":
             assert c.info.status == "KILLED" and c.data.tags["autotune.stop_reason"] == "budget"
             assert c.data.tags["mlflow.note.content"].startswith("stopped by the budget ")
-    assert not [t for t in _study(out, "budgeted").trials if t.state.name == "RUNNING"]
+            # PRUNED in Optuna too - also when the rung it reached was its re-planned last one
+            assert optuna_state[int(c.info.run_name.split("-")[1])] == "PRUNED", c.info.run_name
+    assert "RUNNING" not in optuna_state.values()
     trials_csv = (out / "trials.csv").read_text()
     assert ",running," not in trials_csv
     # the best trial is the best evaluated rung of any trial, and validate used that very checkpoint

@@ -167,7 +167,9 @@ class AutotuneOptunaSearch(OptunaSearch):
                 pass
             self._completed_trials.add(trial_id)
 
-    def on_trial_complete(self, trial_id, result=None, error=False):
+    def on_trial_complete(self, trial_id, result=None, error=False, stopped=False):
+        """`stopped`: the budget or an interrupt ended the trial (not its plan, not ASHA): PRUNED in Optuna with
+        the rung it reached, as its MLflow run and the state say - even when that rung was its re-planned last."""
         from optuna.trial import TrialState
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -178,7 +180,7 @@ class AutotuneOptunaSearch(OptunaSearch):
         if not error:
             self._report_rung(trial_id, result)  # the rung it ended on: Ray hands it here, not to on_trial_result
         self._annotate_trial(trial_id)
-        if result and not error and result.get("rung", 0) < result.get("total_rungs", 0):
+        if result and not error and (stopped or result.get("rung", 0) < result.get("total_rungs", 0)):
             try:  # Optuna takes a PRUNED trial's value from its last intermediate value: the rung it ended on
                 self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             except Exception:  # noqa: BLE001 - the study refuses a second tell; keep going

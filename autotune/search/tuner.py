@@ -457,7 +457,7 @@ def _tell_stopped(searcher, rec) -> None:
     if searcher is None:
         return
     try:
-        searcher.on_trial_complete(rec.trial_id, result=dict(rec.metrics) or None, error=not rec.metrics)
+        searcher.on_trial_complete(rec.trial_id, result=dict(rec.metrics) or None, error=not rec.metrics, stopped=True)
     except Exception:  # noqa: BLE001 - the study record is best effort here; MLflow and state carry the truth
         pass
 
