@@ -181,3 +181,18 @@ def test_the_driver_imports_what_rebuilding_the_model_takes(tiny_model_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("before", ["", "sleep 7 && exec "])
+def test_the_job_clock_starts_with_the_process_not_with_a_shell_that_exec_d_it(before):
+    """`bash -c 'pip install ... && autotune submit ...'` and container entrypoints exec the job into a process
+    that started earlier: the budget counts from the job's own start, not from the shell's."""
+    import subprocess
+    import sys
+
+    probe = ("import time; from autotune.search.budget import process_start_time; "
+             "print(time.time() - process_start_time())")
+    out = subprocess.run(["bash", "-c", f"{before}{sys.executable} -c '{probe}'"], capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    elapsed = float(out.strip().splitlines()[-1])
+    assert 0.0 < elapsed < 5.0  # interpreter start-up and imports count; the shell's 7 s do not

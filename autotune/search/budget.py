@@ -32,14 +32,29 @@ MEASURED_PAD_S = 2.0  # ... plus this: a few-second measurement (a tiny model) h
 DEFAULT_EVAL_S = 1.0  # one validation pass, before any trial reported (300 examples x 64 tokens: ~0.7 s)
 
 
+# Interpreter start-up plus the imports before `autotune` (the console script imports it first): well under a
+# second on the reference machine, a few seconds on a loaded one. A process that started longer before that
+# was exec'd into by something that ran first - `bash -c 'pip install ... && autotune submit ...'` (bash execs
+# its last command in place), a container entrypoint's `exec` - and its OS start time counts that work too.
+STARTUP_ALLOWANCE_S = 5.0
+
+
 def process_start_time() -> float:
-    """When this process started (wall clock): the budget counts imports and Ray start-up too."""
+    """When this process started (wall clock): the budget counts imports and Ray start-up too.
+
+    The OS start time of the process, unless it lies more than STARTUP_ALLOWANCE_S before `autotune` was first
+    imported - then the process is an exec'd shell and what ran before was not the job: the budget counts from
+    the import (missing only the interpreter's own start-up, a fraction of a second)."""
+    import autotune
+
+    imported_at = float(autotune.IMPORTED_AT)
     try:
         import psutil
 
-        return float(psutil.Process(os.getpid()).create_time())
-    except Exception:  # noqa: BLE001 - psutil comes with Ray; without it, now is the best we know
-        return time.time()
+        created = float(psutil.Process(os.getpid()).create_time())
+    except Exception:  # noqa: BLE001 - psutil comes with Ray; without it, the import is the best we know
+        return imported_at
+    return created if imported_at - created <= STARTUP_ALLOWANCE_S else imported_at
 
 
 @dataclass
