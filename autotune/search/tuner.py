@@ -124,7 +124,7 @@ def fidelity(job: ResolvedJob, n_train: int) -> tuple[int, int]:
     return max(1, min(grace, max_t)), max(1, max_t)
 
 
-def make_scheduler(job: ResolvedJob, n_train: int):
+def make_scheduler(job: ResolvedJob, n_train: int, n_val: int | None = None):
     cfg = job.config.scheduler
     if cfg.kind == "fifo":
         from ray.tune.schedulers import FIFOScheduler
@@ -133,6 +133,11 @@ def make_scheduler(job: ResolvedJob, n_train: int):
     grace, max_t = fidelity(job, n_train)
     kwargs = dict(time_attr="examples", max_t=max_t, grace_period=grace, reduction_factor=cfg.reduction_factor,
                   brackets=cfg.brackets)
+    objective = job.config.objective
+    if cfg.noise_margin > 0 and n_val and objective.metric != "val_loss" and objective.mode == "max":
+        from autotune.search.scheduler import SamplingMargin
+
+        kwargs["margin"] = SamplingMargin(n=n_val, z=cfg.noise_margin)
     if cfg.per_method:
         from autotune.search.scheduler import method_stratified_asha
 
@@ -334,7 +339,7 @@ def run_search(job: ResolvedJob, labels: list[str], tokenized: dict, tracker, pa
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=make_scheduler(job, n_train),
+                scheduler=make_scheduler(job, n_train, len(tokenized["validation"]["labels"])),
                 metric=cfg.objective.metric,
                 mode=cfg.objective.mode,
                 num_samples=cfg.budget.trials,
