@@ -13,6 +13,8 @@ Tools (each in its own subprocess, so every tool pays its own imports and Ray st
               CSV with a `split` column (train / validation / test) holding exactly the benchmark split.
   bare_asha, random, hf_trainer
               `python bench/peers.py --peer NAME ...` (see that file): the same model, max length, split and budget.
+  autotune_asha
+              an ablation, not a peer: `autotune` with `scheduler: {noise_margin: 0}` (Ray's ASHA cut-off).
 
 The split: per data set ONE stratified split, `peers.make_splits(csv, 1000, 300, 600, seed=0)`. The peers re-make it
 from the same CSV with the same function and seed inside their work folder; after every peer run its train/val/test
@@ -64,8 +66,10 @@ if str(ROOT) not in sys.path:
 from bench import corpora  # noqa: E402  (stdlib-only imports: cheap)
 from bench import peers  # noqa: E402
 
-TOOLS = ("autotune", "bare_asha", "random", "hf_trainer")
+TOOLS = ("autotune", "bare_asha", "random", "hf_trainer", "autotune_asha")
 PEERS = ("bare_asha", "random", "hf_trainer")
+# Ablations: AutoTune's default job with one setting changed, run like `autotune` (not peers: no bar for them)
+ABLATIONS = {"autotune_asha": {"scheduler": {"noise_margin": 0.0}}}  # Ray's ASHA cut, no sampling margin
 DATA_SETS = tuple(corpora.SETS)
 SPLIT_SIZES = {"n_train": 1000, "n_val": 300, "n_test": 600}
 MAX_LENGTH = 64
@@ -166,7 +170,8 @@ def curve_from_rungs(path: Path) -> tuple[list, float | None, float | None, int]
     return curve, best, t_best, n
 
 
-def run_autotune(data: dict, budget: float, seed: int, layers: int | None, workdir: Path) -> dict:
+def run_autotune(data: dict, budget: float, seed: int, layers: int | None, workdir: Path,
+                 changes: dict | None = None) -> dict:
     out_dir = workdir / "out"
     job = {
         "name": f"q-{data['name']}-b{budget:g}-s{seed}".replace("_", "-"),
@@ -176,6 +181,7 @@ def run_autotune(data: dict, budget: float, seed: int, layers: int | None, workd
         "data": {"path": data["autotune_csv"], "text_column": "text", "label_column": "label", "split_column": "split"},
         "search": {"space": str(SPACE)},
         "budget": {"wall_clock_s": budget, "max_concurrent_trials": 2},
+        **(changes or {}),
     }
     import yaml
 
@@ -342,7 +348,7 @@ def aggregate(samples: list[dict], data_sets: list[str], budgets: list[float], t
                 rows.append(row)
                 medians[tool] = row["test_accuracy_median"]
             bar = {"data": name, "budget_s": budget}
-            peers_here = [t for t in medians if t != "autotune"]
+            peers_here = [t for t in medians if t in PEERS]
             if "autotune" in medians and peers_here:
                 beaten_by = [t for t in peers_here if medians[t] > medians["autotune"]]
                 no_model = not any(s["test_accuracy"] is not None for s in group["autotune"])
@@ -530,7 +536,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="earlier reports of this bench whose samples (other seeds of the same data, budgets and "
                          "tools) join this run's in the table, the bars and the plot; each keeps its source")
     ap.add_argument("--data", nargs="+", default=list(DATA_SETS), choices=list(DATA_SETS))
-    ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=list(TOOLS))
+    ap.add_argument("--tools", nargs="+", default=["autotune", *PEERS], choices=list(TOOLS),
+                    help="autotune_asha: an ablation, AutoTune with scheduler.noise_margin 0 (no bar)")
     ap.add_argument("--layers", type=int, default=None, help="encoder layers kept (default: all of the model's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     ap.add_argument("--workdir", type=Path, default=None, help="kept if given; default: a temporary folder, removed")
@@ -583,8 +590,8 @@ def main(argv: list[str] | None = None) -> int:
                         if run_dir.exists():
                             shutil.rmtree(run_dir)
                         print(f"[{k}/{total}] {name} budget {budget:g} s seed {seed}: {tool} ...", flush=True)
-                        if tool == "autotune":
-                            sample = run_autotune(data[name], budget, seed, args.layers, run_dir)
+                        if tool == "autotune" or tool in ABLATIONS:
+                            sample = run_autotune(data[name], budget, seed, args.layers, run_dir, ABLATIONS.get(tool))
                         else:
                             sample = run_peer(tool, data[name], budget, seed, peer_layers, run_dir)
                         sample.update({"tool": tool, "data": name, "budget_s": budget, "seed": seed,
