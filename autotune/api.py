@@ -300,10 +300,10 @@ def _run_tracked(job: ResolvedJob, store: StateStore, address: str | None, resum
             console.print(f"[dim]trial checkpoints removed (the artifact holds the model): {freed / 1e6:.0f} MB[/]")
     summary = _summary(ctx, time.time() - start, uri)
     write_json_atomic(job.output_dir / "summary.json", summary)
-    if ctx.search_ended_at is not None and ctx.history_key and "deploy" in job.config.stages:
+    if ctx.after_search_from is not None and ctx.history_key and "deploy" in job.config.stages:
         from autotune.search.budget import record_after_search
 
-        record_after_search(ctx.history_key, time.time() - ctx.search_ended_at)
+        record_after_search(ctx.history_key, time.time() - ctx.after_search_from)
     _print_summary(console, summary)
     return summary
 

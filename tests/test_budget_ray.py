@@ -40,7 +40,8 @@ def _study(out: Path, name: str):
     return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'optuna.db'}")
 
 
-def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_model_dir, synthetic_csv, tmp_path):
+def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_model_dir, synthetic_csv, tmp_path,
+                                                                         cache_env):
     budget = 120
     job = job_yaml(tmp_path, tiny_model_dir, synthetic_csv, f"""
         search:
@@ -65,6 +66,10 @@ def test_wall_clock_budget_gives_a_model_in_time_and_closes_every_record(tiny_mo
     assert summary["registered"] and summary["test_accuracy"] is not None
     plan = summary["budget_plan"]  # where the seconds went, for the user (and for this assertion's message)
     assert {"search_deadline_s", "search_ended_s", "reserved_after_search_s", "after_search_s"} <= set(plan), plan
+    # what the next job reserves: the seconds after the deadline - or after the search, if it ended first
+    recorded = next(iter(json.loads((cache_env / "after_search_seconds.json").read_text()).values()))["seconds"]
+    lag = max(0.0, plan["search_ended_s"] - plan["search_deadline_s"])
+    assert recorded == pytest.approx(plan["after_search_s"] + lag, abs=0.5), (recorded, plan)
     assert sum(summary["trials"].values()) >= 1
 
     client, parents, children = _runs(out, "budgeted")

@@ -19,7 +19,9 @@ class JobContext:
     address: str | None = None
     resume: bool = False
     started_at: float = 0.0  # wall-clock start of this process (budget.wall_clock_s counts from here)
-    search_ended_at: float | None = None  # set by the tune stage: the stages after it are timed for the next plan
+    search_ended_at: float | None = None  # set by the tune stage
+    after_search_from: float | None = None  # the search's end, or its deadline if it ended past it: the stages
+    # after it are timed from here for the next job's plan
     history_key: str | None = None
     budget_plan: dict[str, float] | None = None  # set by the tune stage of a budgeted job: the plan and how it went
     best_model: tuple[str, Any] | None = None  # (checkpoint, exported model) as validate scored it, for deploy

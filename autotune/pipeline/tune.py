@@ -65,7 +65,11 @@ def run(ctx: JobContext) -> TuneResult:
     ranking = for_job(ctx, tokens)  # only when the space asks for `importance_top_k`
     outcome = run_search(ctx.job, pre.labels, tokens, ctx.tracker, ctx.parent_run_id, ctx.console,
                          address=ctx.address, resume=ctx.resume, clock=clock, layer_ranking=ranking)
-    ctx.search_ended_at = time.time()  # what comes after is what the next job's budget plan reserves for
+    ctx.search_ended_at = time.time()
+    # what the next job's budget plan reserves for: what comes after the search's end - or after its deadline,
+    # when the trials stopping for it ran past it (seconds the deadline did not hold are spent after it too)
+    deadline = clock.deadline()
+    ctx.after_search_from = ctx.search_ended_at if deadline is None else min(ctx.search_ended_at, deadline)
     if clock.budgeted:
         ctx.budget_plan = clock.plan(ctx.search_ended_at)
     seconds = time.time() - start
