@@ -55,7 +55,7 @@ def test_within_noise_of_the_cut_off_a_trial_goes_on_far_below_it_is_cut(margin)
     assert ("b" in sched.cuts) == (margin is None)
 
 
-def test_the_job_gets_a_margin_for_accuracy_and_f1_not_for_a_loss_nor_when_zero(tmp_path):
+def test_a_job_asks_for_a_margin_for_accuracy_and_f1_never_for_a_loss(tmp_path):
     from autotune.config.loader import load_job
     from autotune.search.tuner import make_scheduler
 
@@ -71,11 +71,10 @@ def test_the_job_gets_a_margin_for_accuracy_and_f1_not_for_a_loss_nor_when_zero(
         sched = make_scheduler(load_job(job), n_train=1000, n_val=300)
         return [getattr(b, "margin", None) for b in sched._brackets]
 
-    assert brackets("") == [SamplingMargin(n=300, z=1.0)]
+    assert brackets("") == [None]  # the default: Ray's ASHA rule
     assert brackets("scheduler: {noise_margin: 2.5, brackets: 2}") == [SamplingMargin(n=300, z=2.5)] * 2
-    assert brackets("scheduler: {noise_margin: 0}") == [None]
-    assert brackets("objective: {metric: val_macro_f1}") == [SamplingMargin(n=300, z=1.0)]
-    assert brackets("objective: {metric: val_loss}") == [None]
+    assert brackets("scheduler: {noise_margin: 1}\nobjective: {metric: val_macro_f1}") == [SamplingMargin(n=300, z=1.0)]
+    assert brackets("scheduler: {noise_margin: 1}\nobjective: {metric: val_loss}") == [None]
 
 
 def test_the_margin_survives_the_pickling_of_a_resume():
