@@ -55,7 +55,7 @@ def test_within_noise_of_the_cut_off_a_trial_goes_on_far_below_it_is_cut(margin)
     assert ("b" in sched.cuts) == (margin is None)
 
 
-def test_a_job_asks_for_a_margin_for_accuracy_and_f1_never_for_a_loss(tmp_path):
+def test_a_job_gets_a_margin_for_accuracy_and_f1_and_an_error_for_a_loss(tmp_path):
     from autotune.config.loader import load_job
     from autotune.search.tuner import make_scheduler
 
@@ -74,7 +74,11 @@ def test_a_job_asks_for_a_margin_for_accuracy_and_f1_never_for_a_loss(tmp_path):
     assert brackets("") == [None]  # the default: Ray's ASHA rule
     assert brackets("scheduler: {noise_margin: 2.5, brackets: 2}") == [SamplingMargin(n=300, z=2.5)] * 2
     assert brackets("scheduler: {noise_margin: 1}\nobjective: {metric: val_macro_f1}") == [SamplingMargin(n=300, z=1.0)]
-    assert brackets("scheduler: {noise_margin: 1}\nobjective: {metric: val_loss}") == [None]
+    from autotune.errors import ConfigError
+
+    for objective in ("{metric: val_loss}", "{metric: val_accuracy, direction: min}"):  # before any compute
+        with pytest.raises(ConfigError, match=r"j.yaml: scheduler.noise_margin: .* \(got 1 with objective.metric"):
+            brackets(f"scheduler: {{noise_margin: 1}}\nobjective: {objective}")
 
 
 def test_the_margin_survives_the_pickling_of_a_resume():

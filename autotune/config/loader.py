@@ -418,6 +418,10 @@ def _load_job(job_path: Path, data_missing_ok: bool = False) -> ResolvedJob:
     elif objective.pick.smallest is not None and objective.pick.smallest not in objective.also_minimize:
         problems.append(f"{src}: objective.pick.smallest: must be one of objective.also_minimize "
                         f"{list(objective.also_minimize)} (got {show(objective.pick.smallest)})")
+    if config.scheduler.noise_margin > 0 and (objective.metric == "val_loss" or objective.mode != "max"):
+        problems.append(f"{src}: scheduler.noise_margin: a margin in standard errors of an accuracy applies to "
+                        f"val_accuracy or val_macro_f1 maximised: set it to 0 (got {config.scheduler.noise_margin:g} "
+                        f"with objective.metric {objective.metric}, direction {objective.mode})")
     if config.objective.multi and config.sampler.kind == "cmaes":
         problems.append(f"{src}: sampler.kind: must be tpe, random, gp or qmc for a multi-objective search "
                         f"(objective.also_minimize {list(config.objective.also_minimize)}); Optuna's CMA-ES is "
