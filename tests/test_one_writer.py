@@ -95,10 +95,18 @@ def test_two_submits_of_one_job_one_runs_the_others_refuse(tiny_model_dir, synth
             assert time.time() < deadline, "the job never reached its tune stage"
             assert all(p.poll() in (None, 9) for p in together), [p.communicate() for p in together]
             time.sleep(0.2)
-        time.sleep(6)
-        assert stage_status(out, "tune") == "running"
-        procs.append(_submit(job))
-        results = [(p.wait(timeout=400), *p.communicate()) for p in procs]
+        # hold the winner where it is while the third one starts (imports take seconds; the tiny search may
+        # not): the third must meet a job that is searching, whatever the machine's speed
+        holder = json.loads((out / ".lock").read_text())["pid"]
+        os.killpg(holder, signal.SIGSTOP)
+        try:
+            assert stage_status(out, "tune") == "running"
+            third = _submit(job)
+            procs.append(third)
+            third_result = (third.wait(timeout=120), *third.communicate())
+        finally:
+            os.killpg(holder, signal.SIGCONT)
+        results = [(p.wait(timeout=400), *p.communicate()) for p in procs[:2]] + [third_result]
     finally:
         for p in procs:
             if p.poll() is None:
