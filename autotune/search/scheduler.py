@@ -62,7 +62,7 @@ def recording(base):
 
         def __init__(self, margin: SamplingMargin | None = None, **kw):
             super().__init__(**kw)
-            if margin is not None:  # make_scheduler passes one only for accuracy / F1, maximised
+            if margin is not None:  # only for accuracy / F1, maximised (the job loader refuses the rest)
                 for bracket in self._brackets:
                     bracket.__class__ = MarginBracket  # the same state; only the cut-off moves
                     bracket.margin = margin

@@ -124,7 +124,7 @@ def fidelity(job: ResolvedJob, n_train: int) -> tuple[int, int]:
     return max(1, min(grace, max_t)), max(1, max_t)
 
 
-def make_scheduler(job: ResolvedJob, n_train: int, n_val: int | None = None):
+def make_scheduler(job: ResolvedJob, n_train: int, n_val: int):
     cfg = job.config.scheduler
     if cfg.kind == "fifo":
         from ray.tune.schedulers import FIFOScheduler
@@ -133,8 +133,7 @@ def make_scheduler(job: ResolvedJob, n_train: int, n_val: int | None = None):
     grace, max_t = fidelity(job, n_train)
     kwargs = dict(time_attr="examples", max_t=max_t, grace_period=grace, reduction_factor=cfg.reduction_factor,
                   brackets=cfg.brackets)
-    objective = job.config.objective
-    if cfg.noise_margin > 0 and n_val and objective.metric != "val_loss" and objective.mode == "max":
+    if cfg.noise_margin > 0:  # the job loader allows one only for val_accuracy / val_macro_f1, maximised
         from autotune.search.scheduler import SamplingMargin
 
         kwargs["margin"] = SamplingMargin(n=n_val, z=cfg.noise_margin)
