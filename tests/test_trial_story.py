@@ -99,6 +99,43 @@ def test_each_run_says_why_it_ended(tracked, tmp_path):
     assert book.optuna_attrs("c")["autotune.stop_reason"] == "budget"
 
 
+@pytest.mark.parametrize("opened", [False, True])
+def test_an_adopted_orphan_gets_a_run_of_its_own(tracked, tmp_path, opened):
+    """A driver killed after Optuna's ask but before the trial's Ray id was stored leaves an orphan that never
+    opened an MLflow run (`opened=False`): the trial that adopts it on resume gets a new run, never another
+    trial's. An orphan that had opened its run (`opened=True`) is continued in that run: one trial, one run."""
+    import optuna
+
+    from autotune.search.tuner import _orphan_runs
+
+    tracker, parent = tracked
+    book = TrialBook(SPACE, tracker, parent, None, metric="val_accuracy", mode="max")
+    earlier = [trial("a", 0), trial("b", 1)]
+    for t in earlier:  # what the killed driver had recorded
+        book.on_trial_start(0, [], t)
+        book.on_trial_result(0, [], t, rung(1, 2, 0.7, 100))
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    for n in (0, 1):
+        study.tell(study.ask(), 0.7)
+    orphan = study.ask()  # trial 2: asked, and the driver died
+    if opened:
+        orphan.set_user_attr("ray_trial_id", "lost")
+        book.on_trial_start(0, [], trial("lost", 2))
+    orphans = [t for t in study.get_trials() if t.state.name == "RUNNING"]
+
+    resumed = TrialBook(SPACE, tracker, parent, None, metric="val_accuracy", mode="max")
+    resumed.orphan_runs = _orphan_runs(tracker, parent, orphans)
+    resumed.on_trial_start(0, [], adopter := trial("c", 2))
+    resumed.on_trial_result(0, [], adopter, rung(1, 2, 0.8, 100))
+
+    runs = tracker.child_runs(parent)
+    assert sorted(r.data.tags["autotune.trial_id"] for r in runs) == ["a", "b", "c"]
+    assert sorted(r.data.params["trial_number"] for r in runs) == ["0", "1", "2"]
+    for r in runs:  # the earlier trials' runs hold their own rung only
+        history = tracker.metric_history(r.info.run_id, "val_accuracy")
+        assert [m.value for m in history] == [0.8 if r.data.tags["autotune.trial_id"] == "c" else 0.7]
+
+
 def test_pruned_without_a_recorded_cut_and_other_endings():
     book = TrialBook(SPACE, None, None, None, metric="val_loss", mode="min")
     book.on_trial_start(0, [], t := trial("x", 7))

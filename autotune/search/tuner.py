@@ -518,14 +518,18 @@ def _orphaned_optuna_trials(storage_url: str, study_name: str, exp_path: str, jo
 
 
 def _orphan_runs(tracker, parent_run_id, orphans) -> dict[int, str]:
-    """Optuna trial number -> the MLflow child run an orphan had opened (the adopting trial continues it)."""
+    """Optuna trial number -> the MLflow child run an orphan had opened (the adopting trial continues it).
+    An orphan killed between Optuna's ask and its Ray trial id being stored never opened a run: it has none
+    (asking MLflow for "this job's child runs" without the trial id would hand it another trial's run)."""
     if tracker is None or parent_run_id is None or not orphans:
         return {}
     out = {}
     for t in orphans:
         ray_id = t.user_attrs.get("ray_trial_id")
+        if not ray_id:
+            continue
         runs = tracker.child_runs(parent_run_id, trial_id=ray_id, max_results=1)
-        if runs:
+        if runs and runs[0].data.params.get("trial_number", str(t.number)) == str(t.number):
             out[t.number] = runs[0].info.run_id
     return out
 
