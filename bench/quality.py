@@ -16,6 +16,9 @@ Tools (each in its own subprocess, so every tool pays its own imports and Ray st
   autotune_margin
               an ablation, not a peer: `autotune` with `scheduler: {noise_margin: 1.0}` (ASHA's cut-off less one
               standard error of a validation score; the default is 0, Ray's rule).
+  autotune_brackets2
+              an ablation: `autotune` with `scheduler: {brackets: 2}` (Hyperband-style ASHA: a trial drawn into the
+              second bracket, about 27% of them, is first compared at rung 2 instead of rung 1).
 
 The split: per data set ONE stratified split, `peers.make_splits(csv, 1000, 300, 600, seed=0)`. The peers re-make it
 from the same CSV with the same function and seed inside their work folder; after every peer run its train/val/test
@@ -67,10 +70,13 @@ if str(ROOT) not in sys.path:
 from bench import corpora  # noqa: E402  (stdlib-only imports: cheap)
 from bench import peers  # noqa: E402
 
-TOOLS = ("autotune", "bare_asha", "random", "hf_trainer", "autotune_margin")
+TOOLS = ("autotune", "bare_asha", "random", "hf_trainer", "autotune_margin", "autotune_brackets2")
 PEERS = ("bare_asha", "random", "hf_trainer")
 # Ablations: AutoTune's default job with one setting changed, run like `autotune` (not peers: no bar for them)
-ABLATIONS = {"autotune_margin": {"scheduler": {"noise_margin": 1.0}}}  # ASHA's cut less 1 standard error
+ABLATIONS = {
+    "autotune_margin": {"scheduler": {"noise_margin": 1.0}},  # ASHA's cut less 1 standard error
+    "autotune_brackets2": {"scheduler": {"brackets": 2}},  # Hyperband-style: ~27% of trials first cut at rung 2
+}
 DATA_SETS = tuple(corpora.SETS)
 SPLIT_SIZES = {"n_train": 1000, "n_val": 300, "n_test": 600}
 MAX_LENGTH = 64
@@ -538,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
                          "tools) join this run's in the table, the bars and the plot; each keeps its source")
     ap.add_argument("--data", nargs="+", default=list(DATA_SETS), choices=list(DATA_SETS))
     ap.add_argument("--tools", nargs="+", default=["autotune", *PEERS], choices=list(TOOLS),
-                    help="autotune_margin: an ablation, AutoTune with scheduler.noise_margin 1.0 (no bar)")
+                    help="autotune_margin, autotune_brackets2: ablations, AutoTune with scheduler.noise_margin 1.0 "
+                         "or scheduler.brackets 2 (no bar)")
     ap.add_argument("--layers", type=int, default=None, help="encoder layers kept (default: all of the model's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "quality.json")
     ap.add_argument("--workdir", type=Path, default=None, help="kept if given; default: a temporary folder, removed")
